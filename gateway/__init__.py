@@ -1,0 +1,1 @@
+"""The Envoy sidecar that serves the orchestrator's REST API: its bootstrap config and a process runner."""

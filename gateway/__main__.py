@@ -1,0 +1,81 @@
+"""Command line for operators and CI: render the Envoy bootstrap, or validate one with the Envoy binary.
+
+python -m gateway render --grpc-port 50051 --metrics-port 9090 --listen-port 8080 > envoy.yaml
+python -m gateway validate envoy.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import DEFAULT_DESCRIPTOR, GatewayOptions, MiB, render_yaml
+from gateway.sidecar import EnvoyError, validate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "render":
+        try:
+            options = GatewayOptions(
+                listen_host=args.listen_host,
+                listen_port=args.listen_port,
+                admin_host=args.admin_host,
+                admin_port=args.admin_port,
+                grpc_host=args.grpc_host,
+                grpc_port=args.grpc_port,
+                metrics_host=args.metrics_host,
+                metrics_port=args.metrics_port,
+                descriptor_path=args.descriptor,
+                cors_allowed_origins=tuple(args.cors_origin),
+                max_request_bytes=args.max_request_bytes,
+            )
+            text = render_yaml(options)
+        except (ValueError, OSError) as error:
+            print(f"gateway render: {error}", file=sys.stderr)
+            return 2
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text)
+        return 0
+    try:
+        validate(args.config)
+    except EnvoyError as error:
+        print(f"gateway validate: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    render = commands.add_parser("render", help="print the Envoy bootstrap YAML")
+    render.add_argument("--grpc-port", type=int, required=True, help="the gRPC service's port")
+    render.add_argument("--metrics-port", type=int, required=True, help="the service's Prometheus HTTP port")
+    render.add_argument("--grpc-host", default="127.0.0.1", help="IP address or DNS name (default %(default)s)")
+    render.add_argument("--metrics-host", default="127.0.0.1", help="IP address or DNS name (default %(default)s)")
+    render.add_argument("--listen-host", default="127.0.0.1", help="REST listener IP (default %(default)s)")
+    render.add_argument("--listen-port", type=int, default=8080, help="REST listener port (default %(default)s)")
+    render.add_argument("--admin-host", default="127.0.0.1", help="admin IP, loopback only (default %(default)s)")
+    render.add_argument("--admin-port", type=int, default=9901, help="admin port (default %(default)s)")
+    render.add_argument("--descriptor", type=Path, default=DEFAULT_DESCRIPTOR, help="descriptor set (.pb)")
+    render.add_argument(
+        "--cors-origin", action="append", default=[], help="an allowed CORS origin; repeat for more (default none)"
+    )
+    render.add_argument(
+        "--max-request-bytes", type=int, default=MiB, help="larger request bodies get 413 (default %(default)s)"
+    )
+    render.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
+
+    check = commands.add_parser("validate", help="run `envoy --mode validate` on a bootstrap file")
+    check.add_argument("config", type=Path)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

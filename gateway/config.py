@@ -1,0 +1,605 @@
+"""Builds the Envoy v3 bootstrap that serves the orchestrator's REST API in front of its gRPC service.
+
+`build_envoy_config` has no side effects: the same options (and descriptor file) always give the same dict,
+and the result is self-contained (the descriptor set is embedded). `write_envoy_config` dumps it as YAML.
+Each setting that guards against a measured Envoy 1.40 trap says so beside it (see shared/notes/envoy.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.descriptor import ResponseBody, envoy_descriptor
+
+JsonDict = dict[str, Any]
+
+SERVICE: Final = "orchestrator.v1.OrchestratorService"
+DEFAULT_DESCRIPTOR: Final = Path(__file__).resolve().with_name("orchestrator.pb")
+MiB: Final = 1024 * 1024
+
+GRPC_CLUSTER: Final = "orchestrator_grpc"
+METRICS_CLUSTER: Final = "orchestrator_metrics"
+# WatchWorkflow's REST paths; a request for them that accepts text/event-stream gets Server-Sent Events.
+WATCH_PATH_REGEX: Final = r"^(/api/v1)?/workflow-events/[^/]+$"
+
+_TRANSCODER: Final = "envoy.filters.http.grpc_json_transcoder"
+_HEADER_MUTATION: Final = "envoy.filters.http.header_mutation"
+_CORS: Final = "envoy.filters.http.cors"
+_BUFFER: Final = "envoy.filters.http.buffer"
+_LUA: Final = "envoy.filters.http.lua"
+_ROUTER: Final = "envoy.filters.http.router"
+
+_TYPE_PREFIX: Final = "type.googleapis.com/"
+
+# google.rpc.Code for each HTTP status Envoy may answer with itself, following the HTTP mapping documented in
+# google/rpc/code.proto. 413 has no entry there: RESOURCE_EXHAUSTED is what gRPC itself returns for an
+# oversize message. Any other status becomes UNKNOWN.
+HTTP_TO_RPC_CODE: Final[dict[int, int]] = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    403: 7,  # PERMISSION_DENIED
+    404: 5,  # NOT_FOUND
+    405: 12,  # UNIMPLEMENTED
+    408: 4,  # DEADLINE_EXCEEDED
+    409: 10,  # ABORTED
+    413: 8,  # RESOURCE_EXHAUSTED
+    429: 8,  # RESOURCE_EXHAUSTED
+    431: 8,  # RESOURCE_EXHAUSTED
+    499: 1,  # CANCELLED
+    500: 13,  # INTERNAL
+    501: 12,  # UNIMPLEMENTED
+    502: 14,  # UNAVAILABLE
+    503: 14,  # UNAVAILABLE
+    504: 4,  # DEADLINE_EXCEEDED
+}
+_RPC_UNKNOWN: Final = 2
+
+# On every reply, Envoy's own included.
+SECURITY_HEADERS: Final[dict[str, str]] = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
+# On API replies (not /docs, whose HTML page needs scripts and may be cached).
+API_HEADERS: Final[dict[str, str]] = {
+    "cache-control": "no-store",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+}
+
+# Envoy warns at every start without a limit; this one only guards against file descriptor exhaustion.
+MAX_DOWNSTREAM_CONNECTIONS: Final = 10_000
+
+CORS_ALLOW_METHODS: Final = "GET, POST, OPTIONS"
+CORS_ALLOW_HEADERS: Final = "content-type, accept, authorization, x-request-id"
+CORS_EXPOSE_HEADERS: Final = "x-request-id"
+CORS_MAX_AGE_SECONDS: Final = 600
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayOptions:
+    """Where Envoy listens, where the service is, and the limits of the REST API."""
+
+    grpc_port: int
+    metrics_port: int
+    grpc_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    descriptor_path: Path = DEFAULT_DESCRIPTOR
+    cors_allowed_origins: tuple[str, ...] = ()
+    max_request_bytes: int = MiB
+    max_response_bytes: int = 16 * MiB
+
+    def __post_init__(self) -> None:
+        for name in ("listen_port", "admin_port"):
+            _check_port(name, getattr(self, name), allow_zero=True)
+        for name in ("grpc_port", "metrics_port"):
+            _check_port(name, getattr(self, name), allow_zero=False)
+        for name in ("grpc_host", "metrics_host"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+        _check_ip("listen_host", self.listen_host)
+        if not _check_ip("admin_host", self.admin_host).is_loopback:
+            # The admin endpoint can stop Envoy and dump its config: it must never leave the host.
+            raise ValueError(f"admin_host must be a loopback address, not {self.admin_host!r}")
+        for name in ("max_request_bytes", "max_response_bytes"):
+            if not 0 < getattr(self, name) < 2**32:
+                raise ValueError(f"{name} must be in 1..4294967295")
+        for origin in self.cors_allowed_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+                raise ValueError(f"CORS origin must look like https://host[:port], not {origin!r}")
+
+
+def build_envoy_config(options: GatewayOptions) -> JsonDict:
+    """Returns the complete Envoy v3 bootstrap for `options`; reads the descriptor set, writes nothing."""
+    loaded = envoy_descriptor(Path(options.descriptor_path))
+    descriptor = base64.b64encode(loaded.data).decode("ascii")
+    return {
+        "node": {"id": "orchestrator-gateway", "cluster": "orchestrator-gateway"},
+        "admin": {"address": _socket_address(options.admin_host, options.admin_port)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _TYPE_PREFIX
+                        + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [_listener(options, descriptor, loaded.response_bodies)],
+            "clusters": [_grpc_cluster(options), _metrics_cluster(options)],
+        },
+    }
+
+
+def write_envoy_config(options: GatewayOptions, path: Path) -> Path:
+    """Writes the bootstrap for `options` to `path` as YAML and returns the path."""
+    path.write_text(render_yaml(options))
+    return path
+
+
+def render_yaml(options: GatewayOptions) -> str:
+    """The bootstrap for `options` as YAML text."""
+    return yaml.safe_dump(build_envoy_config(options), sort_keys=False, default_flow_style=False)
+
+
+# --- listener -----------------------------------------------------------------------------------
+
+
+def _listener(options: GatewayOptions, descriptor: str, response_bodies: tuple[ResponseBody, ...]) -> JsonDict:
+    hcm: JsonDict = {
+        "@type": _TYPE_PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "rest",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        # x-request-id: kept when the client sends one, generated otherwise, forwarded to the service (which
+        # quotes it in its errors) and echoed to the client.
+        "generate_request_id": True,
+        "preserve_external_request_id": True,
+        "always_set_request_id_in_response": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "request_headers_timeout": "10s",
+        "access_log": [_access_log()],
+        "local_reply_config": _local_reply_config(),
+        "route_config": _route_config(options, descriptor, response_bodies),
+        "http_filters": _http_filters(options, descriptor, unwrap=bool(response_bodies)),
+    }
+    return {
+        "name": "rest",
+        "address": _socket_address(options.listen_host, options.listen_port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _access_log() -> JsonDict:
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": _TYPE_PREFIX + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {
+                "json_format": {
+                    "time": "%START_TIME%",
+                    "method": "%REQ(:METHOD)%",
+                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "status": "%RESPONSE_CODE%",
+                    "grpc_status": "%GRPC_STATUS(NUMBER)%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "duration_ms": "%DURATION%",
+                    "request_id": "%REQ(X-REQUEST-ID)%",
+                }
+            },
+        },
+    }
+
+
+def _http_filters(options: GatewayOptions, descriptor: str, *, unwrap: bool) -> list[JsonDict]:
+    # Order matters. Encoding runs the chain backwards, so header_mutation, placed BEFORE the transcoder, sees
+    # the response after the transcoder has turned grpc-status into an HTTP status. Removing grpc-status any
+    # earlier (route response_headers_to_remove) turns every error into an empty 200.
+    filters = [
+        {
+            "name": _CORS,
+            "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.cors.v3.Cors"},
+        },
+        {
+            "name": _HEADER_MUTATION,
+            # Empty here: only the REST routes carry mutations (per route), so native gRPC replies keep their
+            # grpc-status, which a trailers-only gRPC error carries in its headers.
+            "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation"},
+        },
+        {
+            "name": _BUFFER,
+            "typed_config": {
+                "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.buffer.v3.Buffer",
+                "max_request_bytes": options.max_request_bytes,
+            },
+        },
+        {"name": _TRANSCODER, "typed_config": _transcoder(options, descriptor, sse=False)},
+        {
+            "name": _ROUTER,
+            "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
+        },
+    ]
+    if unwrap:
+        # Also before the transcoder, so that on the way out it sees the transcoder's JSON. No default code:
+        # it runs only where a route gives it a script.
+        lua = {
+            "name": _LUA,
+            "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.Lua"},
+        }
+        filters.insert(2, lua)
+    return filters
+
+
+def _transcoder(options: GatewayOptions, descriptor: str, *, sse: bool) -> JsonDict:
+    print_options: JsonDict = {
+        "preserve_proto_field_names": True,
+        "always_print_primitive_fields": True,
+    }
+    # Without either, a server stream is one JSON array sent piecemeal, which no line-based client can read.
+    print_options["stream_sse_style_delimited" if sse else "stream_newline_delimited"] = True
+    return {
+        "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        # Embedded, so the YAML stands alone. Must contain google/rpc/error_details.proto, or errors with
+        # details reach clients as empty bodies.
+        "proto_descriptor_bin": descriptor,
+        "services": [SERVICE],
+        "convert_grpc_status": True,
+        "print_options": print_options,
+        # Without these, an unknown path or query parameter goes upstream and comes back as a bare 503.
+        "request_validation_options": {
+            "reject_unknown_method": True,
+            "reject_unknown_query_parameters": True,
+            # `POST /cancel-workflow/a` with {"session_id": "b"} in the body is refused, not resolved.
+            "reject_binding_body_field_collisions": True,
+        },
+        # The transcoder buffers a whole unary response (and each stream message); past its default limit
+        # (the 1 MiB connection buffer) a large status becomes a 500 and a large event resets the stream.
+        "max_request_body_size": options.max_request_bytes,
+        "max_response_body_size": options.max_response_bytes,
+    }
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+def _route_config(options: GatewayOptions, descriptor: str, response_bodies: tuple[ResponseBody, ...]) -> JsonDict:
+    virtual_host: JsonDict = {
+        "name": "orchestrator",
+        "domains": ["*"],
+        "routes": [
+            _metrics_route({"path": "/metrics"}, "metrics"),
+            _metrics_route({"path": "/openapi.json"}, "openapi"),
+            _metrics_route({"path_separated_prefix": "/docs"}, "docs"),
+            # REST requests after the transcoder rewrote them into gRPC (it clears the route cache, so they
+            # are routed again, by their gRPC path) whose REST body must be one field of the response.
+            *(_response_body_route(body) for body in response_bodies),
+            # Native gRPC clients, and the other transcoded REST requests. No header mutation: gRPC clients
+            # need grpc-status, which a trailers-only gRPC error carries in its headers.
+            {
+                "name": "grpc",
+                "match": {"prefix": "/", "grpc": {}},
+                "route": _grpc_action(),
+                "response_headers_to_add": _headers(API_HEADERS),
+            },
+            {
+                "name": "rest-watch-sse",
+                "match": {
+                    "safe_regex": {"regex": WATCH_PATH_REGEX},
+                    "headers": [{"name": "accept", "string_match": {"contains": "text/event-stream"}}],
+                },
+                "route": _grpc_action(),
+                "response_headers_to_add": _headers(API_HEADERS),
+                "typed_per_filter_config": {
+                    # A full transcoder config: framing cannot be overridden on its own.
+                    _TRANSCODER: _transcoder(options, descriptor, sse=True),
+                    _HEADER_MUTATION: _hide_grpc_headers(),
+                },
+            },
+            {
+                "name": "rest",
+                "match": {"prefix": "/"},
+                "route": _grpc_action(),
+                "response_headers_to_add": _headers(API_HEADERS),
+                "typed_per_filter_config": {_HEADER_MUTATION: _hide_grpc_headers()},
+            },
+        ],
+    }
+    if options.cors_allowed_origins:
+        virtual_host["typed_per_filter_config"] = {_CORS: _cors_policy(options.cors_allowed_origins)}
+    return {
+        "name": "orchestrator",
+        "response_headers_to_add": _headers(SECURITY_HEADERS),
+        "virtual_hosts": [virtual_host],
+    }
+
+
+def _response_body_route(body: ResponseBody) -> JsonDict:
+    script = _UNWRAP_STREAM_LUA if body.server_streaming else _UNWRAP_UNARY_LUA
+    return {
+        "name": f"response-body:{body.grpc_path}",
+        "match": {"path": body.grpc_path, "grpc": {}},
+        "route": _grpc_action(),
+        "response_headers_to_add": _headers(API_HEADERS),
+        "typed_per_filter_config": {
+            # The Lua filter reads its per-route config from this route, the one chosen after transcoding.
+            _LUA: {
+                "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                "source_code": {"inline_string": script.replace("FIELD", body.field)},
+            }
+        },
+    }
+
+
+def _grpc_action() -> JsonDict:
+    # 0s disables the route timeout: the default 15 s would cut every watch stream.
+    return {"cluster": GRPC_CLUSTER, "timeout": "0s"}
+
+
+def _metrics_route(match: JsonDict, name: str) -> JsonDict:
+    route: JsonDict = {
+        "name": name,
+        "match": match,
+        "route": {"cluster": METRICS_CLUSTER},
+        # With reject_unknown_method on, the transcoder would answer 404 for every non-gRPC path.
+        "typed_per_filter_config": {
+            _TRANSCODER: {"@type": _TYPE_PREFIX + "envoy.config.route.v3.FilterConfig", "disabled": True}
+        },
+    }
+    if name != "docs":
+        route["response_headers_to_add"] = _headers(API_HEADERS)
+    return route
+
+
+def _hide_grpc_headers() -> JsonDict:
+    return {
+        "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
+        "mutations": {"response_mutations": [{"remove_on_match": {"key_matcher": {"prefix": "grpc-"}}}]},
+    }
+
+
+def _cors_policy(origins: tuple[str, ...]) -> JsonDict:
+    return {
+        "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": origin} for origin in origins],
+        "allow_methods": CORS_ALLOW_METHODS,
+        "allow_headers": CORS_ALLOW_HEADERS,
+        "expose_headers": CORS_EXPOSE_HEADERS,
+        "max_age": str(CORS_MAX_AGE_SECONDS),
+    }
+
+
+def _headers(headers: dict[str, str]) -> list[JsonDict]:
+    return [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in headers.items()
+    ]
+
+
+# --- response_body (see descriptor.py) ----------------------------------------------------------
+
+# The transcoder prints a response as `{"FIELD":<value>}`, with no whitespace, so the value is the text
+# between that prefix and the final brace. Only successful JSON replies are touched; errors and native gRPC
+# pass as they are. A line that does not have that exact shape is left whole, so the worst case is a wrapped
+# body, never a broken one.
+_UNWRAP_UNARY_LUA: Final = r"""
+local PREFIX = '{"FIELD":'
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  if headers:get(":status") ~= "200" or content_type:sub(1, 16) ~= "application/json" then
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local text = body:getBytes(0, body:length())
+  if text:sub(1, #PREFIX) == PREFIX and text:sub(-1) == "}" then
+    -- Envoy sets content-length from the new body; the headers object may not be used after body().
+    body:setBytes(text:sub(#PREFIX + 1, -2))
+  end
+end
+"""
+
+# Streams arrive as NDJSON lines or SSE `data: ` lines, each one whole message (JSON strings cannot contain a
+# raw newline), and the transcoder hands on whole messages.
+_UNWRAP_STREAM_LUA: Final = r"""
+local PREFIX = '{"FIELD":'
+local function unwrap(line)
+  local lead = ""
+  if line:sub(1, 6) == "data: " then
+    lead = "data: "
+    line = line:sub(7)
+  end
+  if line:sub(1, #PREFIX) == PREFIX and line:sub(-1) == "}" then
+    return lead .. line:sub(#PREFIX + 1, -2)
+  end
+  return lead .. line
+end
+function envoy_on_response(handle)
+  local headers = handle:headers()
+  local content_type = headers:get("content-type") or ""
+  if headers:get(":status") ~= "200" or content_type:find("grpc", 1, true) then
+    return
+  end
+  for chunk in handle:bodyChunks() do
+    local out = {}
+    for line, newline in chunk:getBytes(0, chunk:length()):gmatch("([^\n]*)(\n?)") do
+      if line ~= "" or newline ~= "" then
+        out[#out + 1] = unwrap(line) .. newline
+      end
+    end
+    chunk:setBytes(table.concat(out))
+  end
+end
+"""
+
+
+# --- local replies ------------------------------------------------------------------------------
+
+
+def _local_reply_config() -> JsonDict:
+    """Envoy's own replies (404, 400, 413, 429, 503, ...) as google.rpc.Status-shaped JSON.
+
+    Local replies only: upstream errors are converted by the transcoder and keep the details the service sent.
+    Each mapper also skips native gRPC requests, for which Envoy would put the JSON text into grpc-message.
+    """
+    # A 400 after the transcoder rewrote the request (it sets x-envoy-original-path) is about the JSON body;
+    # other 400s are about the path or query.
+    body_error = {"and_filter": {"filters": [_status_is(400), _was_transcoded()]}}
+    mappers = [_mapper(body_error, _status_body(400, HTTP_TO_RPC_CODE[400], field="body"))]
+    mappers += [
+        _mapper(_local_rest_reply(status), _status_body(status, code))
+        for status, code in sorted(HTTP_TO_RPC_CODE.items())
+    ]
+    # Any other status: UNKNOWN, never Envoy's plain text.
+    mappers.append(_mapper(_is_rest_request(), _status_body(None, _RPC_UNKNOWN)))
+    return {"mappers": mappers}
+
+
+def _mapper(filter_: JsonDict, body: JsonDict) -> JsonDict:
+    return {"filter": filter_, "body_format_override": {"json_format": body}}
+
+
+def _local_rest_reply(status: int) -> JsonDict:
+    return {"and_filter": {"filters": [_status_is(status), _is_rest_request()]}}
+
+
+def _status_is(status: int) -> JsonDict:
+    comparison = {
+        "op": "EQ",
+        "value": {"default_value": status, "runtime_key": f"gateway.local_reply.{status}"},
+    }
+    return {"status_code_filter": {"comparison": comparison}}
+
+
+def _was_transcoded() -> JsonDict:
+    return {"header_filter": {"header": {"name": "x-envoy-original-path", "present_match": True}}}
+
+
+def _is_rest_request() -> JsonDict:
+    # The transcoder rewrites a REST request's content-type to application/grpc before it reads the body, so
+    # "not gRPC" alone would miss malformed-JSON replies; it also records the REST path in
+    # x-envoy-original-path, which tells the two apart.
+    return {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"prefix": "application/grpc"},
+                            "invert_match": True,
+                            "treat_missing_header_as_empty": True,
+                        }
+                    }
+                },
+                _was_transcoded(),
+            ]
+        }
+    }
+
+
+def _status_body(status: int | None, code: int, *, field: str = "request") -> JsonDict:
+    """google.rpc.Status as JSON, with snake_case keys like the transcoder's (preserve_proto_field_names)."""
+    details: list[JsonDict] = []
+    if status == 400:
+        details.append(
+            {
+                "@type": _TYPE_PREFIX + "google.rpc.BadRequest",
+                "field_violations": [{"field": field, "description": "%LOCAL_REPLY_BODY%"}],
+            }
+        )
+    details.append({"@type": _TYPE_PREFIX + "google.rpc.RequestInfo", "request_id": "%REQ(X-REQUEST-ID)%"})
+    return {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": details}
+
+
+# --- clusters -----------------------------------------------------------------------------------
+
+
+def _grpc_cluster(options: GatewayOptions) -> JsonDict:
+    cluster = _cluster(GRPC_CLUSTER, options.grpc_host, options.grpc_port)
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    cluster["health_checks"] = [
+        {
+            "timeout": "1s",
+            "interval": "5s",
+            # The default 60 s would leave a restarted service marked down for a minute while idle.
+            "no_traffic_interval": "1s",
+            "unhealthy_interval": "1s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {"service_name": ""},
+        }
+    ]
+    # Without this, Envoy "panics" and sends traffic to its only host even when that host is unhealthy.
+    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    return cluster
+
+
+def _metrics_cluster(options: GatewayOptions) -> JsonDict:
+    return _cluster(METRICS_CLUSTER, options.metrics_host, options.metrics_port)
+
+
+def _cluster(name: str, host: str, port: int) -> JsonDict:
+    return {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+        },
+    }
+
+
+def _socket_address(host: str, port: int) -> JsonDict:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def _check_port(name: str, port: int, *, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"{name} must be in {low}..65535, not {port}")
+
+
+def _check_ip(name: str, host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{name} must be an IP address, not {host!r}") from None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

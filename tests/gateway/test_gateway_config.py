@@ -1,0 +1,195 @@
+"""The rendered Envoy bootstrap: what Envoy accepts, and the settings that guard against known traps."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+from gateway.__main__ import main
+from gateway.config import (
+    DEFAULT_DESCRIPTOR,
+    GRPC_CLUSTER,
+    WATCH_PATH_REGEX,
+    GatewayOptions,
+    build_envoy_config,
+    write_envoy_config,
+)
+from gateway.descriptor import ResponseBody, envoy_descriptor
+from gateway.sidecar import EnvoyError, validate
+
+pytestmark = pytest.mark.timeout(60)
+
+SERVICE_PATH = "/orchestrator.v1.OrchestratorService"
+
+
+def options(**overrides: Any) -> GatewayOptions:
+    values: dict[str, Any] = {"grpc_port": 50051, "metrics_port": 9090}
+    values.update(overrides)
+    return GatewayOptions(**values)
+
+
+def hcm(config: dict[str, Any]) -> dict[str, Any]:
+    listener = config["static_resources"]["listeners"][0]
+    typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    return typed
+
+
+def routes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
+    return result
+
+
+def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
+    return found
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("origins", [(), ("https://a.example", "http://localhost:3000")])
+def test_rendered_config_passes_envoy_validate(tmp_path: Path, origins: tuple[str, ...]) -> None:
+    path = write_envoy_config(options(cors_allowed_origins=origins), tmp_path / "envoy.yaml")
+    validate(path)
+
+
+@pytest.mark.envoy
+def test_validate_raises_with_envoys_reason(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("static_resources: {clusters: [{name: x, type: NO_SUCH_TYPE}]}\n")
+    with pytest.raises(EnvoyError, match="NO_SUCH_TYPE"):
+        validate(path)
+
+
+def test_every_grpc_route_has_no_timeout() -> None:
+    # The default 15 s route timeout would cut every watch stream.
+    grpc_routes = [r for r in routes(build_envoy_config(options())) if r["route"]["cluster"] == GRPC_CLUSTER]
+    assert len(grpc_routes) >= 3
+    assert all(r["route"]["timeout"] == "0s" for r in grpc_routes)
+
+
+def test_grpc_cluster_speaks_http2_and_is_health_checked() -> None:
+    grpc = cluster(build_envoy_config(options()), GRPC_CLUSTER)
+    protocol = grpc["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in protocol["explicit_http_config"]
+    (check,) = grpc["health_checks"]
+    assert "grpc_health_check" in check
+    assert check["no_traffic_interval"] == "1s"
+    assert grpc["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
+
+
+def test_transcoder_settings() -> None:
+    filters = {f["name"]: f["typed_config"] for f in hcm(build_envoy_config(options()))["http_filters"]}
+    transcoder = filters["envoy.filters.http.grpc_json_transcoder"]
+    assert transcoder["services"] == ["orchestrator.v1.OrchestratorService"]
+    assert transcoder["convert_grpc_status"] is True
+    assert transcoder["request_validation_options"]["reject_unknown_method"] is True
+    assert transcoder["request_validation_options"]["reject_unknown_query_parameters"] is True
+    assert transcoder["print_options"]["stream_newline_delimited"] is True
+    names = list(filters)
+    # header_mutation must run before the transcoder (so after it on responses); the router last.
+    assert names.index("envoy.filters.http.header_mutation") < names.index("envoy.filters.http.grpc_json_transcoder")
+    assert names[-1] == "envoy.filters.http.router"
+
+
+def test_admin_is_loopback_only() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        options(admin_host="0.0.0.0")
+    assert build_envoy_config(options(admin_host="::1"))["admin"]["address"]["socket_address"]["address"] == "::1"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"grpc_port": 0},
+        {"listen_port": 70000},
+        {"listen_host": "localhost"},
+        {"max_request_bytes": 0},
+        {"cors_allowed_origins": ("*",)},
+        {"cors_allowed_origins": ("https://a.example/path",)},
+    ],
+)
+def test_bad_options_are_refused(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        options(**overrides)
+
+
+def test_port_zero_and_dns_upstreams_are_allowed() -> None:
+    config = build_envoy_config(options(listen_port=0, admin_port=0, grpc_host="orchestrator"))
+    assert cluster(config, GRPC_CLUSTER)["type"] == "STRICT_DNS"
+
+
+def test_no_cors_policy_unless_origins_are_configured() -> None:
+    vhost = hcm(build_envoy_config(options()))["route_config"]["virtual_hosts"][0]
+    assert "typed_per_filter_config" not in vhost
+    vhost = hcm(build_envoy_config(options(cors_allowed_origins=("https://a.example",))))["route_config"][
+        "virtual_hosts"
+    ][0]
+    policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [{"exact": "https://a.example"}]
+
+
+def test_watch_route_regex_covers_every_streaming_rest_path() -> None:
+    """The SSE route is written by hand; this catches a contract change it would miss."""
+    files = descriptor_pb2.FileDescriptorSet()
+    files.ParseFromString(DEFAULT_DESCRIPTOR.read_bytes())
+    paths = []
+    for file in files.file:
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                if method.server_streaming:
+                    paths += [r.get for r in [rule, *rule.additional_bindings]]
+    assert len(paths) == 2
+    for template in paths:
+        assert re.fullmatch(WATCH_PATH_REGEX, re.sub(r"\{[^}]+\}", "abc-123", template)), template
+    assert not re.fullmatch(WATCH_PATH_REGEX, "/workflow-status/abc")
+
+
+def test_descriptor_drops_only_unsupported_response_body() -> None:
+    loaded = envoy_descriptor(DEFAULT_DESCRIPTOR)
+    assert set(loaded.response_bodies) == {
+        ResponseBody(f"{SERVICE_PATH}/GetWorkflowStatus", "status", server_streaming=False),
+        ResponseBody(f"{SERVICE_PATH}/WatchWorkflow", "event", server_streaming=True),
+    }
+    files = descriptor_pb2.FileDescriptorSet()
+    files.ParseFromString(loaded.data)
+    rules = [
+        rule
+        for file in files.file
+        for service in file.service
+        for method in service.method
+        for top in [method.options.Extensions[annotations_pb2.http]]
+        for rule in [top, *top.additional_bindings]
+    ]
+    assert rules and not [r for r in rules if r.response_body]
+    assert {f.name for f in files.file} >= {"google/rpc/error_details.proto", "orchestrator/v1/workflow.proto"}
+
+
+def test_unwrap_routes_match_the_transcoded_grpc_paths() -> None:
+    by_name = {r["name"]: r for r in routes(build_envoy_config(options()))}
+    for method in ("GetWorkflowStatus", "WatchWorkflow"):
+        route = by_name[f"response-body:{SERVICE_PATH}/{method}"]
+        assert route["match"] == {"path": f"{SERVICE_PATH}/{method}", "grpc": {}}
+        assert "envoy.filters.http.lua" in route["typed_per_filter_config"]
+
+
+@pytest.mark.envoy
+def test_cli_render_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["render", "--grpc-port", "50051", "--metrics-port", "9090", "--listen-port", "0"])
+    assert code == 0
+    rendered = capsys.readouterr().out
+    config = yaml.safe_load(rendered)
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 0
+    path = tmp_path / "envoy.yaml"
+    path.write_text(rendered)
+    assert main(["validate", str(path)]) == 0
+
+
+def test_cli_render_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "--grpc-port", "1", "--metrics-port", "2", "--admin-host", "0.0.0.0"]) == 2
+    assert "loopback" in capsys.readouterr().err
