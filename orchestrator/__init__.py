@@ -1,0 +1,1 @@
+"""The domain: workflow definitions, the durable engine, agents and their models. Knows nothing of gRPC."""

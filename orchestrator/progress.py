@@ -1,0 +1,117 @@
+"""Status as a fold over events: one pure function gives the status after each event, so the status a client
+polls and the events it watched are the same record and cannot disagree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from orchestrator.models import (
+    EventType,
+    PhaseState,
+    PhaseStatus,
+    Usage,
+    WorkflowEvent,
+    WorkflowResult,
+    WorkflowState,
+    WorkflowStatus,
+)
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    """An event before it has a sequence number. `key` makes writing it idempotent: the workflow body re-runs
+    after a crash and writes its events again, and a key already stored is not written twice."""
+
+    key: str
+    type: EventType
+    phase: str = ""
+    message: str = ""
+    data: dict[str, Any] | None = None
+    result: WorkflowResult | None = None
+    usage: Usage | None = None
+
+
+_STATE_AFTER = {
+    EventType.WORKFLOW_QUEUED: WorkflowState.QUEUED,
+    EventType.WORKFLOW_COMPLETED: WorkflowState.COMPLETED,
+    EventType.WORKFLOW_FAILED: WorkflowState.FAILED,
+    EventType.WORKFLOW_CANCELLED: WorkflowState.CANCELLED,
+}
+
+
+def apply(
+    status: WorkflowStatus, draft: EventDraft, sequence: int, now: datetime
+) -> tuple[WorkflowStatus, WorkflowEvent]:
+    """Returns the status after `draft` and the stored event. Never called on a finished workflow."""
+    phases = list(status.phases)
+    index = next((i for i, p in enumerate(phases) if p.name == draft.phase), None)
+    update: dict[str, Any] = {"updated_at": now, "last_sequence": sequence}
+    state = _STATE_AFTER.get(draft.type, WorkflowState.RUNNING)
+    errors = list(status.errors)
+
+    def set_phase(**changes: Any) -> None:
+        if index is not None:
+            phases[index] = phases[index].model_copy(update=changes)
+
+    match draft.type:
+        case EventType.WORKFLOW_STARTED:
+            update["started_at"] = status.started_at or now
+        case EventType.PHASE_STARTED:
+            set_phase(state=PhaseState.RUNNING, started_at=now, error="")
+            update["current_phase"] = draft.phase
+        case EventType.PHASE_COMPLETED:
+            set_phase(state=PhaseState.COMPLETED, finished_at=now)
+            update["current_phase"] = ""
+            update["phases_completed"] = [*status.phases_completed, draft.phase]
+            update["partial_results"] = {**status.partial_results, draft.phase: draft.data or {}}
+        case EventType.PHASE_SKIPPED:
+            set_phase(state=PhaseState.SKIPPED)
+        case EventType.PHASE_FAILED:
+            set_phase(state=PhaseState.FAILED, finished_at=now, error=draft.message)
+            update["current_phase"] = ""
+            errors.append(f"phase {draft.phase}: {draft.message}")
+        case EventType.WORKFLOW_COMPLETED:
+            update["result"] = draft.result
+            update["current_phase"] = ""
+        case EventType.WORKFLOW_FAILED | EventType.WORKFLOW_CANCELLED:
+            if draft.message and not any(draft.message in e for e in errors):
+                errors.append(draft.message)
+            final = PhaseState.CANCELLED if draft.type is EventType.WORKFLOW_CANCELLED else None
+            if final is not None:
+                phases = [
+                    p.model_copy(update={"state": final, "finished_at": p.finished_at or now})
+                    if p.state in (PhaseState.PENDING, PhaseState.RUNNING)
+                    else p
+                    for p in phases
+                ]
+            update["current_phase"] = ""
+        case _:
+            pass
+    if state.terminal:
+        update["finished_at"] = now
+    if draft.usage is not None:
+        update["usage"] = status.usage.plus(draft.usage)
+    update.update(state=state, phases=phases, errors=errors, progress=_progress(phases, state))
+    new = status.model_copy(update=update)
+    event = WorkflowEvent(
+        session_id=status.session_id,
+        sequence=sequence,
+        type=draft.type,
+        time=now,
+        phase=draft.phase,
+        state=new.state,
+        progress=new.progress,
+        message=draft.message,
+        data=draft.data,
+        result=draft.result,
+    )
+    return new, event
+
+
+def _progress(phases: list[PhaseStatus], state: WorkflowState) -> int:
+    if state is WorkflowState.COMPLETED:
+        return 100
+    done = sum(p.state in (PhaseState.COMPLETED, PhaseState.SKIPPED) for p in phases)
+    return (100 * done) // max(len(phases), 1)

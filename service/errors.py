@@ -1,0 +1,61 @@
+"""The one table from domain errors to gRPC status codes and google.rpc details."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from orchestrator.errors import InvalidArgument, OrchestratorError, ResourceExhausted
+
+DOMAIN = "orchestrator.v1"
+
+CODES: dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "UNKNOWN_WORKFLOW_TYPE": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_status(exc: OrchestratorError | None, request_id: str) -> tuple[grpc.StatusCode, grpc.Status]:
+    """The status for a domain error; None means an unexpected failure, reported without its text."""
+    if exc is None:
+        code, message, reason = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})", "INTERNAL"
+    else:
+        code, message, reason = CODES.get(exc.code, grpc.StatusCode.INTERNAL), exc.message, exc.code
+    details = []
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        bad = error_details_pb2.BadRequest()
+        for v in exc.violations:
+            bad.field_violations.add(field=v.field, description=v.description)
+        details.append(_pack(bad))
+    if isinstance(exc, ResourceExhausted):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    details.append(_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)))
+    details.append(_pack(error_details_pb2.RequestInfo(request_id=request_id)))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    converted = rpc_status.to_status(status)
+    # Aborting replaces the call's trailing metadata, so the request id travels with the status itself.
+    return code, _Status(code, converted.details, (*converted.trailing_metadata, ("x-request-id", request_id)))
+
+
+class _Status(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, object], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata

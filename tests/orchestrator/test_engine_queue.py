@@ -1,0 +1,158 @@
+"""Queue behaviour of the real engine on SQLite files: priorities, limits, estimates, retention, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from service.app import App
+from service.gen.orchestrator.v1 import enums_pb2 as enums
+from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
+from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from tests.conftest import make_settings
+from tests.runners import ScriptedRunner
+from tests.service.test_grpc_api import submit, wait_for, watch_all
+
+
+async def started_app(tmp_path: Path, runner: ScriptedRunner, **overrides: object) -> tuple[App, grpc.aio.Channel]:
+    app = App(make_settings(tmp_path / "data", **overrides), runner=runner)
+    await app.start()
+    return app, grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+
+
+async def test_waiting_work_starts_in_priority_order(tmp_path: Path, runner: ScriptedRunner) -> None:
+    app, channel = await started_app(tmp_path, runner, max_running_workflows=1)
+    try:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        gate = runner.gate("requirements")
+        blocker = await submit(stub, "blocker", workflow_type="design")
+        await asyncio.wait_for(runner.started_event(blocker.session_id, "requirements").wait(), 10)
+        waiting = {}
+        for name in ("low", "normal", "high", "critical", "low", "critical"):
+            priority = enums.Priority.Value(f"PRIORITY_{name.upper()}")
+            response = await submit(stub, name, workflow_type="design", priority=priority)
+            waiting[response.session_id] = name
+        gate.set()
+        for session_id in waiting:
+            await watch_all(stub, session_id)
+        order = [waiting[s] for s, phase in runner.calls if phase == "requirements" and s in waiting]
+        assert order == ["critical", "critical", "high", "normal", "low", "low"]
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
+
+
+class _Tracking(ScriptedRunner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.total_peak = 0
+
+    async def run(self, request):  # type: ignore[no-untyped-def]
+        kind = request.workflow_type
+        self.in_flight[kind] = self.in_flight.get(kind, 0) + 1
+        self.peak[kind] = max(self.peak.get(kind, 0), self.in_flight[kind])
+        self.total_peak = max(self.total_peak, sum(self.in_flight.values()))
+        try:
+            return await super().run(request)
+        finally:
+            self.in_flight[kind] -= 1
+
+
+async def test_global_and_per_type_concurrency_limits_hold(tmp_path: Path) -> None:
+    runner = _Tracking()
+    runner.delay = 0.05
+    app, channel = await started_app(tmp_path, runner, max_running_workflows=3, max_running_per_type=2)
+    try:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        ids = []
+        for i in range(4):
+            ids.append((await submit(stub, f"d{i}", workflow_type="design")).session_id)
+            ids.append((await submit(stub, f"i{i}", workflow_type="implement")).session_id)
+        for session_id in ids:
+            assert (await watch_all(stub, session_id))[-1].type == enums.EVENT_TYPE_WORKFLOW_COMPLETED
+        assert runner.peak == {"design": 2, "implement": 2}
+        assert runner.total_peak == 3
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
+
+
+async def test_estimate_comes_from_earlier_runs_and_retention_purges(tmp_path: Path, runner: ScriptedRunner) -> None:
+    app, channel = await started_app(tmp_path, runner, retention_hours=0.0002)  # 0.72 s
+    try:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        first = await submit(stub, workflow_type="design")
+        assert not first.HasField("estimated_completion")  # no history yet: no guess
+        await watch_all(stub, first.session_id)
+        app.engine._durations.clear()  # type: ignore[union-attr]  # the 10 s cache, not the estimate itself
+        second = await submit(stub, workflow_type="design")
+        assert second.HasField("estimated_completion")
+        assert second.estimated_completion.ToDatetime() > second.created_at.ToDatetime()
+        await watch_all(stub, second.session_id)
+
+        async def purged() -> bool:
+            await app.engine.purge_now()  # type: ignore[union-attr]
+            try:
+                await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=first.session_id))
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+        await wait_for(purged, timeout=10)
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
+
+
+async def test_events_and_status_survive_a_restart_and_watch_resumes(tmp_path: Path, runner: ScriptedRunner) -> None:
+    app, channel = await started_app(tmp_path, runner)
+    stub = pb_grpc.OrchestratorServiceStub(channel)
+    response = await submit(stub)
+    events = await watch_all(stub, response.session_id)
+    await channel.close()
+    await app.stop(grace=0.5)
+
+    app, channel = await started_app(tmp_path, runner)
+    try:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        resumed = await watch_all(stub, response.session_id, after=3)
+        assert resumed == events[3:]
+        status = (await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))).status
+        assert status.state == enums.WORKFLOW_STATE_COMPLETED and status.last_sequence == events[-1].sequence
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
+
+
+async def test_shutdown_refuses_new_work_and_the_restart_finishes_running_work(tmp_path: Path) -> None:
+    runner = ScriptedRunner()
+    gate = runner.gate("design")
+    app, channel = await started_app(tmp_path, runner)
+    stub = pb_grpc.OrchestratorServiceStub(channel)
+    response = await submit(stub)
+    await asyncio.wait_for(runner.started_event(response.session_id, "design").wait(), 10)
+    app.engine.stop_accepting()  # type: ignore[union-attr]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await submit(stub)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    await channel.close()
+    await app.stop(grace=0.5)
+    assert runner.counts[(response.session_id, "requirements")] == 1
+
+    gate.set()
+    app, channel = await started_app(tmp_path, runner)
+    try:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        events = await watch_all(stub, response.session_id)
+        assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_COMPLETED
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        assert runner.counts[(response.session_id, "requirements")] == 1  # finished before the stop: not re-run
+        assert runner.counts[(response.session_id, "design")] == 2  # in flight at the stop: run again
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
