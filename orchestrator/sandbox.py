@@ -1,0 +1,430 @@
+"""Runs generated tests with pytest in a throwaway, isolated subprocess, never in the server process.
+
+How it isolates (Linux, util-linux `unshare`, `mount`, `prlimit`, `setpriv`):
+
+- As root: new network, mount and PID namespaces (`unshare --net --mount --pid --fork --mount-proc`); inside, a
+  private writable tmpfs replaces `/tmp` and holds the project at `/tmp/sandbox`; `/run` (host Unix sockets such
+  as PostgreSQL's), `/var/tmp` and `/dev/shm` are covered by empty read-only tmpfs; then the process drops to
+  `nobody` with no capabilities and `no_new_privs`. It can write only its project and its private `/tmp`, reach no
+  network (loopback is down in the new namespace), and see no host process. When the interpreter lives under a
+  directory `nobody` cannot traverse (e.g. `/root/.pyenv`), that directory is covered by a read-only tmpfs and
+  only the interpreter's prefix is bound back into it (an interpreter under /tmp, /run, /var/tmp or /dev/shm is
+  refused: those are replaced).
+- Not root: the same namespaces inside a user namespace (the process keeps the service user's identity outside,
+  so it can write what that user can outside its mounts).
+- `isolation="none"` (explicit operator opt-in for machines without namespaces): resource limits and a stripped
+  environment only.
+
+Always: a wall-clock timeout that kills the whole process group (and with it the PID namespace), RLIMIT_CPU,
+RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, an environment with only PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE and
+PYTHONPATH, and captured, truncated output. RLIMIT_NPROC counts every process of the uid, so sandboxes running at
+once share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SandboxError", "SandboxLimits", "TestRunReport", "run_tests"]
+
+# Where the project appears inside the sandbox: on the private tmpfs that replaces /tmp.
+_INSIDE_PROJECT = "/tmp/sandbox"
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+_MAX_FILES = 500
+_MAX_TOTAL_BYTES = 8 * 1024 * 1024
+# Host directories a process could write to, or reach host services through (Unix sockets in /run).
+_COVERED_DIRS = ("/run", "/var/tmp", "/dev/shm")
+_HEAD_CHARS = 2_000
+
+
+class SandboxError(Exception):
+    """The sandbox cannot run the files: isolation is unavailable or the files are unsafe to write."""
+
+
+class SandboxLimits(BaseModel):
+    """Resource limits and isolation of one sandboxed test run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: float = Field(default=120.0, gt=0, description="Default wall-clock limit of one test run.")
+    cpu_seconds: int = Field(default=60, gt=0, description="RLIMIT_CPU of each process.")
+    memory_bytes: int = Field(default=1024**3, gt=0, description="RLIMIT_AS (address space) of each process.")
+    file_size_bytes: int = Field(default=16 * 1024**2, gt=0, description="RLIMIT_FSIZE: largest file it may write.")
+    max_processes: int = Field(default=64, gt=0, description="RLIMIT_NPROC of the sandbox user.")
+    tmpfs_bytes: int = Field(default=64 * 1024**2, gt=0, description="Size of the private /tmp with the project.")
+    output_chars: int = Field(default=20_000, ge=1_000, description="Captured output kept (head and tail).")
+    python: str | None = Field(
+        default=None, description="Interpreter with pytest installed; default: the one running the server."
+    )
+    run_as_uid: int = Field(default=65534, ge=1, description="Unprivileged uid tests run as when started as root.")
+    run_as_gid: int = Field(default=65534, ge=1, description="Unprivileged gid tests run as when started as root.")
+    isolation: Literal["auto", "none"] = Field(
+        default="auto",
+        description="auto: namespaces, or refuse to run; none: resource limits and environment only (unsafe).",
+    )
+    work_dir: str | None = Field(default=None, description="Where temporary project directories are created.")
+
+
+class TestRunReport(BaseModel):
+    """The outcome of one sandboxed pytest run."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    model_config = ConfigDict(frozen=True)
+
+    passed: int
+    failed: int
+    errors: int
+    success: bool
+    output: str
+    exit_code: int | None
+    timed_out: bool
+    duration_s: float
+    isolation: str
+
+
+def _validated_files(files: list[dict[str, Any]]) -> list[tuple[PurePosixPath, str]]:
+    if len(files) > _MAX_FILES:
+        raise SandboxError(f"too many files for the sandbox ({len(files)} > {_MAX_FILES})")
+    result: dict[PurePosixPath, str] = {}
+    total = 0
+    for item in files:
+        raw_path, content = item.get("path"), item.get("content")
+        if not isinstance(raw_path, str) or not isinstance(content, str):
+            raise SandboxError("every file needs a string 'path' and a string 'content'")
+        path = PurePosixPath(raw_path.strip())
+        if (
+            not raw_path.strip()
+            or path.is_absolute()
+            or "\\" in raw_path
+            or "\x00" in raw_path
+            or any(part in ("", ".", "..") for part in path.parts)
+        ):
+            raise SandboxError(f"unsafe file path {raw_path!r}: use a relative path inside the project")
+        total += len(content.encode())
+        if total > _MAX_TOTAL_BYTES:
+            raise SandboxError(f"the files are larger than the sandbox accepts ({_MAX_TOTAL_BYTES} bytes)")
+        result[path] = content
+    return list(result.items())
+
+
+def _write_project(project: Path, files: list[tuple[PurePosixPath, str]], owner: tuple[int, int] | None) -> None:
+    project.mkdir(mode=0o755)
+    for rel, content in files:
+        target = project.joinpath(*rel.parts)
+        for parent in reversed(target.relative_to(project).parents):
+            directory = project / parent
+            if not directory.exists():
+                directory.mkdir(mode=0o755)
+        if target.exists():  # a file and a directory with the same name
+            raise SandboxError(f"file path {rel} collides with a directory")
+        target.write_text(content, encoding="utf-8")
+        target.chmod(0o644)
+    if owner is not None:
+        uid, gid = owner
+        for root, dirs, names in os.walk(project):
+            os.chown(root, uid, gid)
+            for name in [*dirs, *names]:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+
+
+def _hidden_ancestor(path: str) -> str | None:
+    """The highest directory on `path` that other users cannot traverse, or None."""
+    current = Path("/")
+    for part in Path(path).parts[1:]:
+        current = current / part
+        try:
+            mode = current.stat().st_mode
+        except OSError:
+            return None
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return str(current)
+    return None
+
+
+def _interpreter_prefixes(python: str) -> list[str]:
+    """Directories the sandbox user must reach to start `python`: its venv and its installation."""
+    prefixes = {os.path.dirname(os.path.dirname(os.path.abspath(python)))}
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(python))))
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        prefixes.update({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)})
+    return sorted(prefixes)
+
+
+def _mount_script(base: Path, limits: SandboxLimits, exposures: list[str], command: list[str]) -> str:
+    """The shell script run as root inside the new namespaces: arrange mounts, then exec `command`.
+
+    Only binds and fresh tmpfs mounts, no `mount --move`: util-linux's move reports a failure inside a user
+    namespace (the move happens, then a follow-up call is refused).
+    """
+    q = shlex.quote
+    newtmp = base / "newtmp"
+    lines = ["set -eu", "mount --make-rprivate /"]
+    # The interpreter's prefix under a directory the sandbox user cannot traverse (e.g. /root/.pyenv/...): stage
+    # a bind of it, cover the directory with an empty tmpfs (hiding everything else in it), bind it back.
+    covered: dict[str, list[tuple[Path, str]]] = {}
+    for index, prefix in enumerate(exposures):
+        stage = base / f"stage{index}"
+        lines += [f"mkdir {q(str(stage))}", f"mount --bind {q(prefix)} {q(str(stage))}"]
+        ancestor = _hidden_ancestor(prefix)
+        assert ancestor is not None
+        covered.setdefault(ancestor, []).append((stage, prefix))
+    for ancestor, items in covered.items():
+        lines.append(f"mount -t tmpfs -o mode=755,nosuid,nodev,size=1m sandbox-cover {q(ancestor)}")
+        for stage, prefix in items:
+            lines += [f"mkdir -p {q(prefix)}", f"mount --bind {q(str(stage))} {q(prefix)}"]
+        lines.append(f"mount -o remount,ro,bind {q(ancestor)}")
+    # A private, size-limited /tmp holding the project at /tmp/sandbox.
+    lines += [
+        f"mount -t tmpfs -o mode=1777,nosuid,nodev,size={limits.tmpfs_bytes} sandbox-tmp {q(str(newtmp))}",
+        f"mkdir {q(str(newtmp / 'sandbox'))}",
+        f"mount --bind {q(str(base / 'project'))} {q(str(newtmp / 'sandbox'))}",
+        f"mount --rbind {q(str(newtmp))} /tmp",
+    ]
+    for directory in _COVERED_DIRS:
+        if os.path.isdir(directory) and not os.path.islink(directory):
+            lines.append(f"mount -t tmpfs -o ro,mode=755,nosuid,nodev,size=4k sandbox-empty {directory}")
+    lines.append(f"cd {_INSIDE_PROJECT}")
+    lines.append("exec " + " ".join(q(arg) for arg in command))
+    return "\n".join(lines)
+
+
+def _prlimit(limits: SandboxLimits) -> list[str]:
+    return [
+        "prlimit",
+        f"--cpu={limits.cpu_seconds}",
+        f"--as={limits.memory_bytes}",
+        f"--fsize={limits.file_size_bytes}",
+        f"--nproc={limits.max_processes}",
+        "--core=0",
+        "--",
+    ]
+
+
+def _env_args(home: str) -> list[str]:
+    return [
+        "env",
+        "-i",
+        f"PATH={_SAFE_PATH}",
+        f"HOME={home}",
+        "LANG=C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE=1",
+        f"PYTHONPATH={home}",
+    ]
+
+
+def _pytest_args(python: str) -> list[str]:
+    # The deprecation filter hides plugin configuration nags (pytest-asyncio's) that drown the summary.
+    return [
+        python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no",
+        "-W", "ignore::pytest.PytestDeprecationWarning",
+    ]  # fmt: skip
+
+
+_UNSHARE_FLAGS = ["--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc"]
+_probe_cache: dict[str, str | None] = {}
+
+
+async def _probe(flags: list[str]) -> str | None:
+    """None when `unshare` with these flags works here, else why not."""
+    key = " ".join(flags)
+    if key in _probe_cache:
+        return _probe_cache[key]
+    if shutil.which("unshare") is None or shutil.which("prlimit") is None:
+        reason: str | None = "util-linux `unshare` and `prlimit` are not installed"
+    else:
+        proc = await asyncio.create_subprocess_exec(
+            "unshare",
+            *flags,
+            "--",
+            "true",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        reason = None if proc.returncode == 0 else err.decode(errors="replace").strip()[:300]
+    _probe_cache[key] = reason
+    return reason
+
+
+async def _plan(base: Path, limits: SandboxLimits, python: str) -> tuple[list[str], tuple[int, int] | None, str, str]:
+    """The command to start, the owner of the project files, the cwd and the isolation label."""
+    if limits.isolation == "none":
+        project = str(base / "project")
+        command = [*_prlimit(limits), *_env_args(project), *_pytest_args(python)]
+        return command, None, project, "none (resource limits and environment only)"
+    for prefix in _interpreter_prefixes(python):
+        if any(prefix == d or prefix.startswith(d + "/") for d in ("/tmp", *_COVERED_DIRS)):
+            raise SandboxError(
+                f"the sandbox interpreter lives under {prefix}, which the sandbox replaces with an empty "
+                "directory: install it elsewhere or set the sandbox python setting"
+            )
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            raise SandboxError("the sandbox needs util-linux `setpriv` to drop privileges")
+        flags = list(_UNSHARE_FLAGS)
+        reason = await _probe(flags)
+        owner: tuple[int, int] | None = (limits.run_as_uid, limits.run_as_gid)
+        exposures = [p for p in _interpreter_prefixes(python) if _hidden_ancestor(p) is not None]
+        inner = [
+            *_prlimit(limits),
+            "setpriv",
+            f"--reuid={limits.run_as_uid}",
+            f"--regid={limits.run_as_gid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            *_env_args(_INSIDE_PROJECT),
+            *_pytest_args(python),
+        ]
+        label = f"namespaces (net, mount, pid) as uid {limits.run_as_uid}"
+    else:
+        flags = ["--user", "--map-root-user", *_UNSHARE_FLAGS]
+        reason = await _probe(flags)
+        owner, exposures = None, []
+        inner = [*_prlimit(limits), *_env_args(_INSIDE_PROJECT), *_pytest_args(python)]
+        label = "user namespace (net, mount, pid) as the service user"
+    if reason is not None:
+        raise SandboxError(
+            f"cannot isolate test runs on this machine (unshare: {reason}); "
+            "an operator may set sandbox isolation to 'none' to run them without isolation"
+        )
+    script = _mount_script(base, limits, exposures, inner)
+    return ["unshare", *flags, "--", "/bin/sh", "-c", script], owner, str(base), label
+
+
+class _Capture:
+    """Keeps the first and the last characters of a stream that may be huge."""
+
+    def __init__(self, limit: int) -> None:
+        self._head_limit = min(_HEAD_CHARS, limit // 4)
+        self._tail_limit = limit - self._head_limit
+        self._head = bytearray()
+        self._tail: deque[bytes] = deque()
+        self._tail_size = 0
+        self._dropped = 0
+
+    def feed(self, chunk: bytes) -> None:
+        room = self._head_limit - len(self._head)
+        if room > 0:
+            self._head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk:
+            return
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= self._tail_limit:
+            self._dropped += len(self._tail[0])
+            self._tail_size -= len(self._tail.popleft())
+
+    def text(self) -> str:
+        tail = b"".join(self._tail)
+        if self._tail_size > self._tail_limit:
+            self._dropped += self._tail_size - self._tail_limit
+            tail = tail[-self._tail_limit :]
+        head = self._head.decode(errors="replace")
+        if self._dropped:
+            return f"{head}\n[... {self._dropped} bytes of output omitted ...]\n{tail.decode(errors='replace')}"
+        return head + tail.decode(errors="replace")
+
+
+_SUMMARY_LINE = re.compile(r"\bin [0-9.]+s\b")
+_SUMMARY_COUNT = re.compile(r"(\d+) (passed|failed|errors?)\b")
+
+
+def parse_pytest_summary(output: str) -> tuple[int, int, int]:
+    """(passed, failed, errors) from pytest's final summary line, zeros when there is none."""
+    for line in reversed(output.splitlines()):
+        if _SUMMARY_LINE.search(line) and (counts := _SUMMARY_COUNT.findall(line)):
+            found = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in counts}
+            return found.get("passed", 0), found.get("failed", 0), found.get("error", 0)
+    return 0, 0, 0
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: SandboxLimits) -> TestRunReport:
+    """Write `files` to a fresh directory and run `python -m pytest -q` there in the sandbox.
+
+    Raises SandboxError when the files are unsafe or the machine cannot isolate the run. Cancelling the caller
+    kills the run.
+    """
+    validated = _validated_files(files)
+    python = limits.python or sys.executable
+    base = Path(tempfile.mkdtemp(prefix="orchestrator-sandbox-", dir=limits.work_dir))
+    started = time.monotonic()
+    try:
+        (base / "newtmp").mkdir()
+        command, owner, cwd, label = await _plan(base, limits, python)
+        _write_project(base / "project", validated, owner)
+        capture = _Capture(limits.output_chars)
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, killed as one
+            env={"PATH": _SAFE_PATH},
+        )
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                assert proc.stdout is not None
+                while chunk := await proc.stdout.read(65536):
+                    capture.feed(chunk)
+                await proc.wait()
+        except TimeoutError:
+            timed_out = True
+            _kill_group(proc)
+            await proc.wait()
+        except BaseException:  # cancellation included: never leave the run behind, then propagate
+            _kill_group(proc)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(proc.wait(), 5)
+            raise
+        output = capture.text()
+        passed, failed, errors = parse_pytest_summary(output)
+        exit_code = proc.returncode
+        if timed_out:
+            output += f"\n[sandbox: killed after the {timeout_s:g}s time limit]"
+            errors = max(errors, 1)
+        elif errors == 0 and (exit_code not in (0, 1, 5) or (exit_code == 1 and passed + failed == 0)):
+            errors = 1  # interrupted, crashed before its summary, or killed by a resource limit
+        success = not timed_out and exit_code == 0 and failed == 0 and errors == 0 and passed > 0
+        return TestRunReport(
+            passed=passed,
+            failed=failed,
+            errors=errors,
+            success=success,
+            output=output,
+            exit_code=None if timed_out else exit_code,
+            timed_out=timed_out,
+            duration_s=round(time.monotonic() - started, 3),
+            isolation=label,
+        )
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

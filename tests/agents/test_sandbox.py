@@ -1,0 +1,209 @@
+"""The sandbox: real pytest runs in a subprocess with limits, no network, no secrets, no writes outside."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.sandbox import SandboxError, SandboxLimits, parse_pytest_summary, run_tests
+
+pytestmark = pytest.mark.timeout(60)
+
+LIMITS = SandboxLimits()
+
+
+def tfile(name: str, body: str) -> dict[str, str]:
+    return {"path": f"tests/{name}", "language": "python", "content": body}
+
+
+async def test_counts_passing_and_failing_tests() -> None:
+    files = [
+        {"path": "calc/__init__.py", "content": "def add(a, b):\n    return a + b\n"},
+        tfile(
+            "test_calc.py",
+            "from calc import add\n\ndef test_ok():\n    assert add(1, 2) == 3\n\n"
+            "def test_also_ok():\n    assert add(0, 0) == 0\n\ndef test_broken():\n    assert add(1, 2) == 4\n",
+        ),
+    ]
+    report = await run_tests(files, timeout_s=30, limits=LIMITS)
+    assert (report.passed, report.failed, report.errors) == (2, 1, 0)
+    assert report.success is False and report.exit_code == 1 and not report.timed_out
+    assert "FAILED tests/test_calc.py::test_broken" in report.output
+    assert "namespaces" in report.isolation
+
+
+async def test_collection_error_is_counted_as_an_error() -> None:
+    report = await run_tests([tfile("test_x.py", "import does_not_exist\n")], timeout_s=30, limits=LIMITS)
+    assert report.errors == 1 and report.success is False
+
+
+async def test_infinite_loop_is_killed_at_the_timeout() -> None:
+    started = time.monotonic()
+    files = [tfile("test_loop.py", "def test_forever():\n    while True:\n        pass\n")]
+    report = await run_tests(files, timeout_s=2, limits=LIMITS)
+    assert report.timed_out is True and report.success is False and report.errors >= 1
+    assert "killed after the 2s time limit" in report.output
+    assert time.monotonic() - started < 10
+
+
+async def test_network_connection_is_refused_even_to_a_listening_loopback_socket() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        body = (
+            "import socket\nimport pytest\n\n"
+            "def test_cannot_connect():\n"
+            "    with pytest.raises(OSError):\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+        )
+        report = await run_tests([tfile("test_net.py", body)], timeout_s=30, limits=LIMITS)
+        assert report.passed == 1 and report.success, report.output
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing ever reached the listener
+            listener.accept()
+
+
+async def test_secrets_in_the_server_environment_are_invisible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_TEST_SECRET", "s3cr3t-value")
+    body = (
+        "import os\nimport pytest\n\n"
+        "def test_environment_is_stripped():\n"
+        "    assert 'ORCHESTRATOR_TEST_SECRET' not in os.environ\n"
+        "    assert not any('s3cr3t' in value for value in os.environ.values())\n"
+        "    ours = {key for key in os.environ if not key.startswith('PYTEST_')}  # pytest sets its own\n"
+        "    assert ours == {'PATH', 'HOME', 'LANG', 'PYTHONDONTWRITEBYTECODE', 'PYTHONPATH'}\n\n"
+        "def test_server_process_environment_is_unreachable():\n"
+        f"    with pytest.raises(OSError):\n"
+        f"        open('/proc/{os.getpid()}/environ', 'rb').read()\n"
+    )
+    report = await run_tests([tfile("test_env.py", body)], timeout_s=30, limits=LIMITS)
+    assert report.passed == 2 and report.success, report.output
+
+
+async def test_files_outside_the_project_are_not_writable() -> None:
+    shared = Path(tempfile.mkdtemp(prefix="sandbox-outside-"))  # on the host's /tmp, writable by everyone
+    shared.chmod(0o777)
+    try:
+        targets = [str(shared / "escaped.txt"), "/etc/escaped.txt", "/var/tmp/escaped.txt", "/dev/shm/escaped.txt",
+                   str(Path(__file__).resolve().parent / "escaped.txt")]  # fmt: skip
+        body = (
+            "import pytest\nfrom pathlib import Path\n\n"
+            f"TARGETS = {targets!r}\n\n"
+            "@pytest.mark.parametrize('target', TARGETS)\n"
+            "def test_cannot_write_outside(target):\n"
+            "    with pytest.raises(OSError):\n"
+            "        Path(target).write_text('x')\n\n"
+            "def test_can_write_inside_the_project():\n"
+            "    Path('inside.txt').write_text('ok')\n"
+            "    assert Path('inside.txt').read_text() == 'ok'\n"
+        )
+        report = await run_tests([tfile("test_fs.py", body)], timeout_s=30, limits=LIMITS)
+        assert report.passed == len(targets) + 1 and report.success, report.output
+        assert not any(Path(target).exists() for target in targets)
+    finally:
+        for leftover in shared.iterdir():
+            leftover.unlink()
+        shared.rmdir()
+
+
+async def test_memory_file_size_and_process_limits_apply() -> None:
+    body = (
+        "import os\nimport time\nimport pytest\n\n"
+        "def test_memory_is_limited():\n"
+        "    with pytest.raises(MemoryError):\n"
+        "        bytearray(1024 ** 3)\n\n"
+        "def test_file_size_is_limited():\n"
+        "    with pytest.raises(OSError):\n"
+        "        with open('big.bin', 'wb') as f:\n"
+        "            f.write(b'x' * 2 * 1024 * 1024)\n\n"
+        "def test_processes_are_limited():\n"
+        "    children = []\n"
+        "    try:\n"
+        "        with pytest.raises(OSError):\n"
+        "            for _ in range(100):\n"
+        "                pid = os.fork()\n"
+        "                if pid == 0:\n"
+        "                    time.sleep(30)\n"
+        "                    os._exit(0)\n"
+        "                children.append(pid)\n"
+        "    finally:\n"
+        "        for pid in children:\n"
+        "            os.kill(pid, 9)\n"
+        "    assert len(children) < 16\n"
+    )
+    limits = SandboxLimits(memory_bytes=512 * 1024**2, file_size_bytes=1024**2, max_processes=16)
+    report = await run_tests([tfile("test_limits.py", body)], timeout_s=30, limits=limits)
+    assert report.passed == 3 and report.success, report.output
+
+
+async def test_output_is_captured_and_truncated() -> None:
+    body = "def test_noisy():\n    print('x' * 1_000_000)\n    assert False\n"
+    limits = SandboxLimits(output_chars=5_000)
+    report = await run_tests([tfile("test_noisy.py", body)], timeout_s=30, limits=limits)
+    assert report.failed == 1  # the summary at the end survives the truncation
+    assert len(report.output) < 5_000 + 200
+    assert "bytes of output omitted" in report.output
+
+
+async def test_unsafe_paths_are_refused() -> None:
+    for path in ("../escape.py", "/etc/passwd", "a/../../b.py", ""):
+        with pytest.raises(SandboxError, match="unsafe file path"):
+            await run_tests([{"path": path, "content": "x"}], timeout_s=5, limits=LIMITS)
+
+
+def _sandbox_processes() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            uid_line = next((line for line in status.splitlines() if line.startswith("Uid:")), "")
+            if uid_line.split()[1:2] == [str(LIMITS.run_as_uid)]:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_cancellation_kills_the_run_and_cleans_up(tmp_path: Path) -> None:
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    limits = SandboxLimits(work_dir=str(work_dir))
+    body = (
+        "import time\nfrom pathlib import Path\n\n"
+        "def test_hangs():\n"
+        "    Path('started').write_text('yes')\n"
+        "    while True:\n"
+        "        time.sleep(0.05)\n"
+    )
+    task = asyncio.create_task(run_tests([tfile("test_hang.py", body)], timeout_s=60, limits=limits))
+    deadline = time.monotonic() + 20
+    while not list(work_dir.glob("*/project/started")):
+        assert time.monotonic() < deadline, "the sandboxed test never started"
+        assert not task.done(), task
+        await asyncio.sleep(0.02)
+    assert _sandbox_processes()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5
+    while _sandbox_processes():
+        assert time.monotonic() < deadline, "sandbox processes outlived the cancellation"
+        await asyncio.sleep(0.02)
+    assert list(work_dir.iterdir()) == []
+
+
+def test_parse_pytest_summary() -> None:
+    assert parse_pytest_summary("....\n4 passed in 0.01s\n") == (4, 0, 0)
+    assert parse_pytest_summary("F.\n1 failed, 1 passed, 2 warnings in 0.20s\n") == (1, 1, 0)
+    assert parse_pytest_summary("E\n1 error in 0.05s\n") == (0, 0, 1)
+    assert parse_pytest_summary("= 2 failed, 3 passed, 1 skipped, 2 errors in 1.50s =") == (3, 2, 2)
+    assert parse_pytest_summary("no tests ran in 0.01s") == (0, 0, 0)
+    assert parse_pytest_summary("garbage") == (0, 0, 0)
