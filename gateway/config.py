@@ -1,7 +1,8 @@
 """Builds the Envoy v3 bootstrap that serves the orchestrator's REST API in front of its gRPC service.
 
 `build_envoy_config` has no side effects: the same options (and descriptor file) always give the same dict,
-and the result is self-contained (the descriptor set is embedded). `write_envoy_config` dumps it as YAML.
+and the result is self-contained (the descriptor set is embedded, so the YAML also works for an Envoy that runs
+elsewhere, as a front proxy). `write_envoy_config` dumps it as YAML.
 Each setting that guards against a measured Envoy 1.40 trap says so beside it (see shared/notes/envoy.md).
 """
 
@@ -15,8 +16,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import yaml
-
-from gateway.descriptor import ResponseBody, envoy_descriptor
+from google.protobuf import descriptor_pb2
 
 JsonDict = dict[str, Any]
 
@@ -33,7 +33,6 @@ _TRANSCODER: Final = "envoy.filters.http.grpc_json_transcoder"
 _HEADER_MUTATION: Final = "envoy.filters.http.header_mutation"
 _CORS: Final = "envoy.filters.http.cors"
 _BUFFER: Final = "envoy.filters.http.buffer"
-_LUA: Final = "envoy.filters.http.lua"
 _ROUTER: Final = "envoy.filters.http.router"
 
 _TYPE_PREFIX: Final = "type.googleapis.com/"
@@ -122,8 +121,7 @@ class GatewayOptions:
 
 def build_envoy_config(options: GatewayOptions) -> JsonDict:
     """Returns the complete Envoy v3 bootstrap for `options`; reads the descriptor set, writes nothing."""
-    loaded = envoy_descriptor(Path(options.descriptor_path))
-    descriptor = base64.b64encode(loaded.data).decode("ascii")
+    descriptor = _embedded_descriptor(Path(options.descriptor_path))
     return {
         "node": {"id": "orchestrator-gateway", "cluster": "orchestrator-gateway"},
         "admin": {"address": _socket_address(options.admin_host, options.admin_port)},
@@ -140,7 +138,7 @@ def build_envoy_config(options: GatewayOptions) -> JsonDict:
             ]
         },
         "static_resources": {
-            "listeners": [_listener(options, descriptor, loaded.response_bodies)],
+            "listeners": [_listener(options, descriptor)],
             "clusters": [_grpc_cluster(options), _metrics_cluster(options)],
         },
     }
@@ -157,10 +155,19 @@ def render_yaml(options: GatewayOptions) -> str:
     return yaml.safe_dump(build_envoy_config(options), sort_keys=False, default_flow_style=False)
 
 
+def _embedded_descriptor(path: Path) -> str:
+    """The descriptor set at `path`, base64-encoded, without source comments: Envoy never reads them, and they
+    are most of the file (the YAML holds it twice, once per transcoder config)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    for file in files.file:
+        file.ClearField("source_code_info")
+    return base64.b64encode(files.SerializeToString(deterministic=True)).decode("ascii")
+
+
 # --- listener -----------------------------------------------------------------------------------
 
 
-def _listener(options: GatewayOptions, descriptor: str, response_bodies: tuple[ResponseBody, ...]) -> JsonDict:
+def _listener(options: GatewayOptions, descriptor: str) -> JsonDict:
     hcm: JsonDict = {
         "@type": _TYPE_PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "rest",
@@ -176,8 +183,8 @@ def _listener(options: GatewayOptions, descriptor: str, response_bodies: tuple[R
         "request_headers_timeout": "10s",
         "access_log": [_access_log()],
         "local_reply_config": _local_reply_config(),
-        "route_config": _route_config(options, descriptor, response_bodies),
-        "http_filters": _http_filters(options, descriptor, unwrap=bool(response_bodies)),
+        "route_config": _route_config(options, descriptor),
+        "http_filters": _http_filters(options, descriptor),
     }
     return {
         "name": "rest",
@@ -209,11 +216,11 @@ def _access_log() -> JsonDict:
     }
 
 
-def _http_filters(options: GatewayOptions, descriptor: str, *, unwrap: bool) -> list[JsonDict]:
+def _http_filters(options: GatewayOptions, descriptor: str) -> list[JsonDict]:
     # Order matters. Encoding runs the chain backwards, so header_mutation, placed BEFORE the transcoder, sees
     # the response after the transcoder has turned grpc-status into an HTTP status. Removing grpc-status any
     # earlier (route response_headers_to_remove) turns every error into an empty 200.
-    filters = [
+    return [
         {
             "name": _CORS,
             "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.cors.v3.Cors"},
@@ -237,15 +244,6 @@ def _http_filters(options: GatewayOptions, descriptor: str, *, unwrap: bool) -> 
             "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
-    if unwrap:
-        # Also before the transcoder, so that on the way out it sees the transcoder's JSON. No default code:
-        # it runs only where a route gives it a script.
-        lua = {
-            "name": _LUA,
-            "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.Lua"},
-        }
-        filters.insert(2, lua)
-    return filters
 
 
 def _transcoder(options: GatewayOptions, descriptor: str, *, sse: bool) -> JsonDict:
@@ -280,7 +278,7 @@ def _transcoder(options: GatewayOptions, descriptor: str, *, sse: bool) -> JsonD
 # --- routes -------------------------------------------------------------------------------------
 
 
-def _route_config(options: GatewayOptions, descriptor: str, response_bodies: tuple[ResponseBody, ...]) -> JsonDict:
+def _route_config(options: GatewayOptions, descriptor: str) -> JsonDict:
     virtual_host: JsonDict = {
         "name": "orchestrator",
         "domains": ["*"],
@@ -288,11 +286,9 @@ def _route_config(options: GatewayOptions, descriptor: str, response_bodies: tup
             _metrics_route({"path": "/metrics"}, "metrics"),
             _metrics_route({"path": "/openapi.json"}, "openapi"),
             _metrics_route({"path_separated_prefix": "/docs"}, "docs"),
-            # REST requests after the transcoder rewrote them into gRPC (it clears the route cache, so they
-            # are routed again, by their gRPC path) whose REST body must be one field of the response.
-            *(_response_body_route(body) for body in response_bodies),
-            # Native gRPC clients, and the other transcoded REST requests. No header mutation: gRPC clients
-            # need grpc-status, which a trailers-only gRPC error carries in its headers.
+            # Native gRPC clients, and REST requests once the transcoder has rewritten them into gRPC (it
+            # clears the route cache, so they are routed again). No header mutation: gRPC clients need
+            # grpc-status, which a trailers-only gRPC error carries in its headers.
             {
                 "name": "grpc",
                 "match": {"prefix": "/", "grpc": {}},
@@ -328,23 +324,6 @@ def _route_config(options: GatewayOptions, descriptor: str, response_bodies: tup
         "name": "orchestrator",
         "response_headers_to_add": _headers(SECURITY_HEADERS),
         "virtual_hosts": [virtual_host],
-    }
-
-
-def _response_body_route(body: ResponseBody) -> JsonDict:
-    script = _UNWRAP_STREAM_LUA if body.server_streaming else _UNWRAP_UNARY_LUA
-    return {
-        "name": f"response-body:{body.grpc_path}",
-        "match": {"path": body.grpc_path, "grpc": {}},
-        "route": _grpc_action(),
-        "response_headers_to_add": _headers(API_HEADERS),
-        "typed_per_filter_config": {
-            # The Lua filter reads its per-route config from this route, the one chosen after transcoding.
-            _LUA: {
-                "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-                "source_code": {"inline_string": script.replace("FIELD", body.field)},
-            }
-        },
     }
 
 
@@ -391,66 +370,6 @@ def _headers(headers: dict[str, str]) -> list[JsonDict]:
         {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
         for key, value in headers.items()
     ]
-
-
-# --- response_body (see descriptor.py) ----------------------------------------------------------
-
-# The transcoder prints a response as `{"FIELD":<value>}`, with no whitespace, so the value is the text
-# between that prefix and the final brace. Only successful JSON replies are touched; errors and native gRPC
-# pass as they are. A line that does not have that exact shape is left whole, so the worst case is a wrapped
-# body, never a broken one.
-_UNWRAP_UNARY_LUA: Final = r"""
-local PREFIX = '{"FIELD":'
-function envoy_on_response(handle)
-  local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
-  if headers:get(":status") ~= "200" or content_type:sub(1, 16) ~= "application/json" then
-    return
-  end
-  local body = handle:body()
-  if body == nil then
-    return
-  end
-  local text = body:getBytes(0, body:length())
-  if text:sub(1, #PREFIX) == PREFIX and text:sub(-1) == "}" then
-    -- Envoy sets content-length from the new body; the headers object may not be used after body().
-    body:setBytes(text:sub(#PREFIX + 1, -2))
-  end
-end
-"""
-
-# Streams arrive as NDJSON lines or SSE `data: ` lines, each one whole message (JSON strings cannot contain a
-# raw newline), and the transcoder hands on whole messages.
-_UNWRAP_STREAM_LUA: Final = r"""
-local PREFIX = '{"FIELD":'
-local function unwrap(line)
-  local lead = ""
-  if line:sub(1, 6) == "data: " then
-    lead = "data: "
-    line = line:sub(7)
-  end
-  if line:sub(1, #PREFIX) == PREFIX and line:sub(-1) == "}" then
-    return lead .. line:sub(#PREFIX + 1, -2)
-  end
-  return lead .. line
-end
-function envoy_on_response(handle)
-  local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
-  if headers:get(":status") ~= "200" or content_type:find("grpc", 1, true) then
-    return
-  end
-  for chunk in handle:bodyChunks() do
-    local out = {}
-    for line, newline in chunk:getBytes(0, chunk:length()):gmatch("([^\n]*)(\n?)") do
-      if line ~= "" or newline ~= "" then
-        out[#out + 1] = unwrap(line) .. newline
-      end
-    end
-    chunk:setBytes(table.concat(out))
-  end
-end
-"""
 
 
 # --- local replies ------------------------------------------------------------------------------

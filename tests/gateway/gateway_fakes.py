@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 
 from gateway.config import GatewayOptions
 from gateway.sidecar import EnvoySidecar
-from service.gen.orchestrator.v1 import enums_pb2, workflow_pb2
+from service.gen.orchestrator.v1 import enums_pb2
 from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
@@ -68,10 +68,18 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         self.seen.record(request, context)
         if request.session_id == MISSING_SESSION:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no workflow {request.session_id!r}")
-        status = _status(request.session_id)
+        status = pb.GetWorkflowStatusResponse(
+            session_id=request.session_id,
+            workflow_type="full",
+            state=enums_pb2.WORKFLOW_STATE_RUNNING,
+            progress=0,
+            current_phase="design",
+            created_at=CREATED_AT,
+            last_sequence=2,
+        )
         if request.session_id == BIG_SESSION:
             status.result.documentation = "d" * BIG_TEXT_CHARS
-        return pb.GetWorkflowStatusResponse(status=status)
+        return status
 
     async def WatchWorkflow(
         self, request: pb.WatchWorkflowRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -86,30 +94,16 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
             if sequence <= request.after_sequence:
                 continue
             yield pb.WatchWorkflowResponse(
-                event=workflow_pb2.WorkflowEvent(
-                    session_id=request.session_id,
-                    sequence=sequence,
-                    type=kind,
-                    data=struct_pb2.Struct(fields={"n": struct_pb2.Value(number_value=sequence)}),
-                    message="m" * BIG_TEXT_CHARS if request.session_id == BIG_SESSION else "",
-                )
+                session_id=request.session_id,
+                sequence=sequence,
+                type=kind,
+                data=struct_pb2.Struct(fields={"n": struct_pb2.Value(number_value=sequence)}),
+                message="m" * BIG_TEXT_CHARS if request.session_id == BIG_SESSION else "",
             )
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.HealthResponse:
         self.seen.record(request, context)
         return pb.HealthResponse(status=enums_pb2.SERVING_STATUS_SERVING, version="test")
-
-
-def _status(session_id: str) -> workflow_pb2.WorkflowStatus:
-    return workflow_pb2.WorkflowStatus(
-        session_id=session_id,
-        workflow_type="full",
-        state=enums_pb2.WORKFLOW_STATE_RUNNING,
-        progress=0,
-        current_phase="design",
-        created_at=CREATED_AT,
-        last_sequence=2,
-    )
 
 
 async def _abort_invalid(context: grpc.aio.ServicerContext[Any, Any], request_id: str) -> None:

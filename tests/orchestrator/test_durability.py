@@ -103,9 +103,7 @@ async def wait_states(stub: pb_grpc.OrchestratorServiceStub, ids: list[str], ok:
     while True:
         statuses = {}
         for session_id in ids:
-            statuses[session_id] = (
-                await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=session_id))
-            ).status
+            statuses[session_id] = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=session_id))
         if all(ok(s) for s in statuses.values()):
             return statuses
         if time.monotonic() > deadline:
@@ -184,8 +182,8 @@ async def _partial_watch(stub: pb_grpc.OrchestratorServiceStub, session_id: str,
     seen = []
     call = stub.WatchWorkflow(pb.WatchWorkflowRequest(session_id=session_id))
     async for response in call:
-        if response.event.type != enums.EVENT_TYPE_HEARTBEAT:
-            seen.append(response.event.sequence)
+        if response.type != enums.EVENT_TYPE_HEARTBEAT:
+            seen.append(response.sequence)
         if len(seen) == stop_after:
             call.cancel()
             break

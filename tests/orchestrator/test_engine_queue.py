@@ -122,7 +122,7 @@ async def test_events_and_status_survive_a_restart_and_watch_resumes(tmp_path: P
         stub = pb_grpc.OrchestratorServiceStub(channel)
         resumed = await watch_all(stub, response.session_id, after=3)
         assert resumed == events[3:]
-        status = (await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))).status
+        status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
         assert status.state == enums.WORKFLOW_STATE_COMPLETED and status.last_sequence == events[-1].sequence
     finally:
         await channel.close()

@@ -53,8 +53,8 @@ async def submit(
 async def watch_all(stub: pb_grpc.OrchestratorServiceStub, session_id: str, after: int = 0) -> list[Any]:
     events = []
     async for response in stub.WatchWorkflow(pb.WatchWorkflowRequest(session_id=session_id, after_sequence=after)):
-        if response.event.type != enums.EVENT_TYPE_HEARTBEAT:
-            events.append(response.event)
+        if response.type != enums.EVENT_TYPE_HEARTBEAT:
+            events.append(response)
     return events
 
 
@@ -73,7 +73,7 @@ async def test_execute_then_status_shows_the_completed_result(stub: pb_grpc.Orch
     assert "scripted" in response.message
     events = await watch_all(stub, response.session_id)
     assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_COMPLETED
-    status = (await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))).status
+    status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
     assert status.state == enums.WORKFLOW_STATE_COMPLETED
     assert status.progress == 100
     assert list(status.phases_completed) == FULL_PHASES
@@ -91,7 +91,7 @@ async def test_status_progress_while_a_phase_runs(
     gate = runner.gate("implementation")
     response = await submit(stub)
     await asyncio.wait_for(runner.started_event(response.session_id, "implementation").wait(), 10)
-    status = (await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))).status
+    status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
     assert status.state == enums.WORKFLOW_STATE_RUNNING
     assert status.current_phase == "implementation"
     assert list(status.phases_completed) == ["requirements", "design"]
@@ -236,8 +236,8 @@ async def test_idle_watch_gets_heartbeats(stub: pb_grpc.OrchestratorServiceStub,
     call = stub.WatchWorkflow(pb.WatchWorkflowRequest(session_id=response.session_id))
     seen = []
     async for item in call:
-        seen.append(item.event)
-        if item.event.type == enums.EVENT_TYPE_HEARTBEAT:
+        seen.append(item)
+        if item.type == enums.EVENT_TYPE_HEARTBEAT:
             break
     heartbeat = seen[-1]
     assert heartbeat.sequence == max(e.sequence for e in seen[:-1])
@@ -262,7 +262,7 @@ async def test_cancel_interrupts_the_running_model_call(
     await wait_for(call_cancelled, timeout=1.0)
     events = await watch_all(stub, response.session_id)
     assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_CANCELLED
-    status = (await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))).status
+    status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
     assert status.state == enums.WORKFLOW_STATE_CANCELLED
     assert any("changed my mind" in e for e in status.errors)
     assert runner.counts[(response.session_id, "design")] == 1  # not retried
@@ -289,7 +289,7 @@ async def test_a_failing_phase_fails_the_workflow_with_its_error(
     events = await watch_all(stub, response.session_id)
     assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_FAILED
     assert "invalid output" in events[-1].message
-    status = (await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))).status
+    status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
     assert status.state == enums.WORKFLOW_STATE_FAILED
     assert status.phases[1].state == enums.PHASE_STATE_FAILED
     assert "invalid output" in status.phases[1].error

@@ -103,46 +103,6 @@ class WorkflowResult(_message.Message):
     outputs: _struct_pb2.Struct
     def __init__(self, generated_code: _Optional[_Iterable[_Union[GeneratedFile, _Mapping]]] = ..., test_report: _Optional[_Union[TestReport, _Mapping]] = ..., review: _Optional[_Union[Review, _Mapping]] = ..., documentation: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
-class WorkflowStatus(_message.Message):
-    __slots__ = ("session_id", "workflow_type", "state", "priority", "progress", "current_phase", "phases_completed", "phases", "errors", "partial_results", "result", "created_at", "updated_at", "finished_at", "estimated_completion", "last_sequence", "model", "request_id")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    PRIORITY_FIELD_NUMBER: _ClassVar[int]
-    PROGRESS_FIELD_NUMBER: _ClassVar[int]
-    CURRENT_PHASE_FIELD_NUMBER: _ClassVar[int]
-    PHASES_COMPLETED_FIELD_NUMBER: _ClassVar[int]
-    PHASES_FIELD_NUMBER: _ClassVar[int]
-    ERRORS_FIELD_NUMBER: _ClassVar[int]
-    PARTIAL_RESULTS_FIELD_NUMBER: _ClassVar[int]
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
-    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
-    ESTIMATED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
-    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    MODEL_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    workflow_type: str
-    state: _enums_pb2.WorkflowState
-    priority: _enums_pb2.Priority
-    progress: int
-    current_phase: str
-    phases_completed: _containers.RepeatedScalarFieldContainer[str]
-    phases: _containers.RepeatedCompositeFieldContainer[PhaseStatus]
-    errors: _containers.RepeatedScalarFieldContainer[str]
-    partial_results: _struct_pb2.Struct
-    result: WorkflowResult
-    created_at: _timestamp_pb2.Timestamp
-    updated_at: _timestamp_pb2.Timestamp
-    finished_at: _timestamp_pb2.Timestamp
-    estimated_completion: _timestamp_pb2.Timestamp
-    last_sequence: int
-    model: str
-    request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., progress: _Optional[int] = ..., current_phase: _Optional[str] = ..., phases_completed: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[PhaseStatus, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., partial_results: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[WorkflowResult, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
-
 class WorkflowSummary(_message.Message):
     __slots__ = ("session_id", "workflow_type", "state", "priority", "progress", "current_phase", "created_at", "updated_at")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -162,30 +122,6 @@ class WorkflowSummary(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     def __init__(self, session_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., progress: _Optional[int] = ..., current_phase: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
-
-class WorkflowEvent(_message.Message):
-    __slots__ = ("session_id", "sequence", "type", "time", "phase", "state", "progress", "message", "data", "result")
-    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
-    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    TYPE_FIELD_NUMBER: _ClassVar[int]
-    TIME_FIELD_NUMBER: _ClassVar[int]
-    PHASE_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
-    PROGRESS_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    session_id: str
-    sequence: int
-    type: _enums_pb2.EventType
-    time: _timestamp_pb2.Timestamp
-    phase: str
-    state: _enums_pb2.WorkflowState
-    progress: int
-    message: str
-    data: _struct_pb2.Struct
-    result: WorkflowResult
-    def __init__(self, session_id: _Optional[str] = ..., sequence: _Optional[int] = ..., type: _Optional[_Union[_enums_pb2.EventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., phase: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., progress: _Optional[int] = ..., message: _Optional[str] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[WorkflowResult, _Mapping]] = ...) -> None: ...
 
 class ConfigurationKey(_message.Message):
     __slots__ = ("name", "type", "description", "default_value")
