@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.agents.settings import parse_model_id
 from orchestrator.errors import DefinitionError, FieldViolation, InvalidArgument, UnknownWorkflowType
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,9 @@ class ConfigKey(_Frozen):
             return f"must be of type {self.type}"
         if self.enum is not None and value not in self.enum:
             return f"must be one of {', '.join(map(str, self.enum))}"
-        if self.minimum is not None and value < self.minimum:
+        if self.minimum is not None and isinstance(value, int | float) and value < self.minimum:
             return f"must be at least {self.minimum:g}"
-        if self.maximum is not None and value > self.maximum:
+        if self.maximum is not None and isinstance(value, int | float) and value > self.maximum:
             return f"must be at most {self.maximum:g}"
         return None
 
@@ -121,6 +122,7 @@ class WorkflowDefinition(_Frozen):
         for key in keys.values():
             if key.required and key.name not in configuration:
                 violations.append(FieldViolation(f"configuration.{key.name}", "is required by this workflow type"))
+        violations += _model_violations(configuration)
         skip = configuration.get("skip_phases", [])
         if isinstance(skip, list):
             for name in skip:
@@ -133,6 +135,30 @@ class WorkflowDefinition(_Frozen):
         filled = {k.name: k.default for k in keys.values() if k.default is not None}
         filled.update(configuration)
         return filled
+
+
+def _model_violations(configuration: dict[str, Any]) -> list[FieldViolation]:
+    """Model ids must name a provider this server knows; a typo should fail at submit, not in phase three."""
+    found = []
+    candidates = [("configuration.model", configuration.get("model"))]
+    models = configuration.get("models")
+    if isinstance(models, dict):
+        for role, value in models.items():
+            if role not in ROLES:
+                roles = ", ".join(sorted(ROLES))
+                found.append(FieldViolation(f"configuration.models.{role}", f"unknown role; roles: {roles}"))
+            candidates.append((f"configuration.models.{role}", value))
+    for field, value in candidates:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            found.append(FieldViolation(field, "must be a model id such as 'offline' or 'openai:gpt-4o-mini'"))
+            continue
+        try:
+            parse_model_id(value)
+        except ValueError as exc:
+            found.append(FieldViolation(field, str(exc)))
+    return found
 
 
 class Catalog:

@@ -115,7 +115,7 @@ def _engine() -> Engine:
     return _current
 
 
-@DBOS.workflow(name="orchestrator.run_workflow")
+@DBOS.workflow(name="orchestrator.run_workflow")  # type: ignore[untyped-decorator]
 async def run_workflow(session_id: str) -> str:
     return await _engine()._run_workflow(session_id)
 
@@ -351,7 +351,7 @@ class Engine:
             raise SessionNotFound(session_id)
         return status
 
-    async def list(self, query: ListQuery) -> WorkflowPage:
+    async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         if query.workflow_type:
             self.catalog.get(query.workflow_type)
         return await self._read(self.store.list, query)
@@ -710,9 +710,9 @@ def _over_budget(configuration: dict[str, Any], usage: Usage) -> str | None:
 
 def _phase_error(exc: BaseException, attempts: int, timeout: float) -> str:
     root: BaseException = exc
-    # DBOS wraps the last error of an exhausted retry loop; the user wants the cause.
-    while getattr(root, "__cause__", None) is not None:
-        root = root.__cause__  # type: ignore[assignment]
+    # DBOS wraps the last error of an exhausted retry loop; the user wants the first typed cause in the chain.
+    while not isinstance(root, PhaseFailed | BudgetExceeded | OrchestratorError) and root.__cause__ is not None:
+        root = root.__cause__
     if isinstance(root, PhaseFailed | BudgetExceeded | OrchestratorError):
         return str(root)
     name = type(root).__name__

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.agents.settings import AgentSettings
+
 # The version of the workflow code's durable protocol (event keys, step order). DBOS only recovers or dequeues
 # work recorded under the running application version, so it is pinned here rather than derived from a hash of
 # the source: a code upgrade must not strand queued or running work. Bump it only with a migration plan.
@@ -73,6 +75,10 @@ class Settings(BaseSettings):
     max_requirements_length: int = Field(50_000, ge=1, description="Longest accepted requirements text.")
     max_configuration_bytes: int = Field(64 * 1024, ge=2, description="Largest accepted configuration (JSON).")
     max_configuration_depth: int = Field(8, ge=1, description="Deepest accepted configuration nesting.")
+
+    # Models: ORCHESTRATOR_AGENTS__DEFAULT_MODEL=openai:gpt-4o-mini, ORCHESTRATOR_AGENTS__OPENAI_BASE_URL=...,
+    # ORCHESTRATOR_AGENTS__OPENAI_API_KEY=... (secrets have no defaults; see AgentSettings for every key).
+    agents: AgentSettings = Field(default_factory=AgentSettings, description="Models, retries, prices, sandbox.")
 
     # Logging.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

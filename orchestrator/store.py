@@ -158,7 +158,7 @@ class Store:
             return status, True
 
     @staticmethod
-    def _by_request_id(conn: Connection, tenant: str, request_id: str) -> sa.Row[Any] | None:
+    def _by_request_id(conn: Connection, tenant: str, request_id: str) -> Any:
         return conn.execute(
             sa.select(sessions.c.fingerprint, sessions.c.status_json).where(
                 sessions.c.tenant == tenant, sessions.c.request_id == request_id
@@ -166,7 +166,7 @@ class Store:
         ).first()
 
     @staticmethod
-    def _same_request(row: sa.Row[Any], new: NewSession) -> WorkflowStatus:
+    def _same_request(row: Any, new: NewSession) -> WorkflowStatus:
         if row.fingerprint != new.fingerprint:
             raise IdempotencyConflict(
                 f"request_id {new.request_id!r} was already used for a different request; "

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
-from orchestrator.agents import AgentSettings, PhaseRunner
+from orchestrator.agents import PhaseRunner
 from orchestrator.definitions import load_catalog
 from orchestrator.engine import Engine, PhaseRunnerLike
 from orchestrator.settings import Settings
@@ -33,11 +33,14 @@ class App:
     _metrics_server: MetricsServer | None = None
     _health: health.aio.HealthServicer | None = None
     _envoy: object | None = None
+    _own_runner: PhaseRunner | None = None
 
     async def start(self) -> None:
         settings = self.settings
         metrics = ServiceMetrics(self.registry)
-        runner = self.runner or PhaseRunner(AgentSettings())
+        runner = self.runner
+        if runner is None:
+            runner = self._own_runner = PhaseRunner(settings.agents)
         self.engine = Engine(settings, load_catalog(settings.workflow_types_dir), runner, metrics)
         metrics.track_running(lambda: self.engine.running_count() if self.engine else 0)
         self._health = health.aio.HealthServicer()
@@ -93,6 +96,8 @@ class App:
             self._metrics_server.stop()
         if self._envoy is not None:
             await self._envoy.stop()  # type: ignore[attr-defined]
+        if self._own_runner is not None:
+            await self._own_runner.aclose()
 
     async def wait(self) -> None:
         if self._server is not None:

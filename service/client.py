@@ -14,7 +14,6 @@ from google.protobuf import struct_pb2
 from service.gen.orchestrator.v1 import enums_pb2 as enums
 from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
-from service.gen.orchestrator.v1 import workflow_pb2 as wf
 
 T = TypeVar("T")
 TERMINAL = {
@@ -77,17 +76,16 @@ class OrchestratorClient:
             return await self._call(lambda: self._stub.ExecuteWorkflow(request, metadata=self._metadata))
         return await self._stub.ExecuteWorkflow(request, metadata=self._metadata)  # type: ignore[no-any-return]
 
-    async def status(self, session_id: str) -> wf.WorkflowStatus:
+    async def status(self, session_id: str) -> pb.GetWorkflowStatusResponse:
         request = pb.GetWorkflowStatusRequest(session_id=session_id)
-        response = await self._call(lambda: self._stub.GetWorkflowStatus(request, metadata=self._metadata))
-        return response.status
+        return await self._call(lambda: self._stub.GetWorkflowStatus(request, metadata=self._metadata))
 
     async def cancel(self, session_id: str, reason: str = "") -> pb.CancelWorkflowResponse:
         request = pb.CancelWorkflowRequest(session_id=session_id, reason=reason)
         return await self._call(lambda: self._stub.CancelWorkflow(request, metadata=self._metadata))
 
     async def list(
-        self, *, page_size: int = 0, page_token: str = "", state: int = 0, workflow_type: str = ""
+        self, *, page_size: int = 0, page_token: str = "", state: Any = 0, workflow_type: str = ""
     ) -> pb.ListWorkflowsResponse:
         request = pb.ListWorkflowsRequest(
             page_size=page_size, page_token=page_token, state=state, workflow_type=workflow_type
@@ -102,7 +100,7 @@ class OrchestratorClient:
     async def health(self) -> pb.HealthResponse:
         return await self._call(lambda: self._stub.Health(pb.HealthRequest(), metadata=self._metadata))
 
-    async def watch(self, session_id: str, after_sequence: int = 0) -> AsyncIterator[wf.WorkflowEvent]:
+    async def watch(self, session_id: str, after_sequence: int = 0) -> AsyncIterator[pb.WatchWorkflowResponse]:
         """Every event after `after_sequence` to the terminal one, reconnecting (and resuming) on UNAVAILABLE."""
         last, failures = after_sequence, 0
         while True:
@@ -110,9 +108,8 @@ class OrchestratorClient:
                 pb.WatchWorkflowRequest(session_id=session_id, after_sequence=last), metadata=self._metadata
             )
             try:
-                async for response in call:
+                async for event in call:
                     failures = 0
-                    event = response.event
                     if event.type != enums.EVENT_TYPE_HEARTBEAT:
                         last = event.sequence
                     yield event

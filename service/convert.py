@@ -194,8 +194,8 @@ def usage_to_proto(usage: m.Usage, target: wf.Usage) -> None:
     target.models[:] = usage.models
 
 
-def status_to_proto(status: m.WorkflowStatus) -> wf.WorkflowStatus:
-    out = wf.WorkflowStatus(
+def status_to_proto(status: m.WorkflowStatus) -> pb.GetWorkflowStatusResponse:
+    out = pb.GetWorkflowStatusResponse(
         session_id=status.session_id,
         workflow_type=status.workflow_type,
         state=STATE_TO_PB[status.state],
@@ -225,7 +225,7 @@ def status_to_proto(status: m.WorkflowStatus) -> wf.WorkflowStatus:
 
 
 def event_to_proto(event: m.WorkflowEvent) -> pb.WatchWorkflowResponse:
-    out = wf.WorkflowEvent(
+    out = pb.WatchWorkflowResponse(
         session_id=event.session_id,
         sequence=event.sequence,
         type=EVENT_TYPE_TO_PB[event.type],
@@ -238,7 +238,7 @@ def event_to_proto(event: m.WorkflowEvent) -> pb.WatchWorkflowResponse:
     _struct(event.data, out.data)
     if event.result is not None:
         result_to_proto(event.result, out.result)
-    return pb.WatchWorkflowResponse(event=out)
+    return out
 
 
 def page_to_proto(page: m.WorkflowPage) -> pb.ListWorkflowsResponse:

@@ -42,7 +42,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
         session_id = convert.session_id_from_proto(request.session_id)
         logcontext.session_id.set(session_id)
         status = await self._engine.status(session_id, _tenant(context))
-        return pb.GetWorkflowStatusResponse(status=convert.status_to_proto(status))
+        return convert.status_to_proto(status)
 
     async def WatchWorkflow(
         self, request: pb.WatchWorkflowRequest, context: grpc.aio.ServicerContext
@@ -72,7 +72,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
         self, request: pb.ListWorkflowsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkflowsResponse:
         query = convert.list_query_from_proto(request, tenant=_tenant(context))
-        return convert.page_to_proto(await self._engine.list(query))
+        return convert.page_to_proto(await self._engine.list_workflows(query))
 
     async def ListWorkflowTypes(
         self, request: pb.ListWorkflowTypesRequest, context: grpc.aio.ServicerContext
