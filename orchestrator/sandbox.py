@@ -169,7 +169,9 @@ def _interpreter_prefixes(python: str) -> list[str]:
     return sorted(prefixes)
 
 
-def _mount_script(base: Path, limits: SandboxLimits, exposures: list[str], command: list[str]) -> str:
+def _mount_script(
+    base: Path, limits: SandboxLimits, exposures: list[str], command: list[str], tmp_prefixes: list[str]
+) -> str:
     """The shell script run as root inside the new namespaces: arrange mounts, then exec `command`.
 
     Only binds and fresh tmpfs mounts, no `mount --move`: util-linux's move reports a failure inside a user
@@ -197,8 +199,17 @@ def _mount_script(base: Path, limits: SandboxLimits, exposures: list[str], comma
         f"mount -t tmpfs -o mode=1777,nosuid,nodev,size={limits.tmpfs_bytes} sandbox-tmp {q(str(newtmp))}",
         f"mkdir {q(str(newtmp / 'sandbox'))}",
         f"mount --bind {q(str(base / 'project'))} {q(str(newtmp / 'sandbox'))}",
-        f"mount --rbind {q(str(newtmp))} /tmp",
     ]
+    # An interpreter (a venv, e.g. a CI checkout) under /tmp is bound read-only into the private /tmp at the
+    # same path; the recursive bind below carries it along.
+    for prefix in tmp_prefixes:
+        inside = newtmp / Path(prefix).relative_to("/tmp")
+        lines += [
+            f"mkdir -p {q(str(inside))}",
+            f"mount --bind {q(prefix)} {q(str(inside))}",
+            f"mount -o remount,ro,bind {q(str(inside))}",
+        ]
+    lines.append(f"mount --rbind {q(str(newtmp))} /tmp")
     for directory in _COVERED_DIRS:
         if os.path.isdir(directory) and not os.path.islink(directory):
             lines.append(f"mount -t tmpfs -o ro,mode=755,nosuid,nodev,size=4k sandbox-empty {directory}")
@@ -272,7 +283,7 @@ async def _plan(base: Path, limits: SandboxLimits, python: str) -> tuple[list[st
         command = [*_prlimit(limits), *_env_args(project), *_pytest_args(python)]
         return command, None, project, "none (resource limits and environment only)"
     for prefix in _interpreter_prefixes(python):
-        if any(prefix == d or prefix.startswith(d + "/") for d in ("/tmp", *_COVERED_DIRS)):
+        if any(prefix == d or prefix.startswith(d + "/") for d in _COVERED_DIRS) or prefix == "/tmp":
             raise SandboxError(
                 f"the sandbox interpreter lives under {prefix}, which the sandbox replaces with an empty "
                 "directory: install it elsewhere or set the sandbox python setting"
@@ -309,7 +320,8 @@ async def _plan(base: Path, limits: SandboxLimits, python: str) -> tuple[list[st
             f"cannot isolate test runs on this machine (unshare: {reason}); "
             "an operator may set sandbox isolation to 'none' to run them without isolation"
         )
-    script = _mount_script(base, limits, exposures, inner)
+    tmp_prefixes = [p for p in _interpreter_prefixes(python) if p.startswith("/tmp/")]
+    script = _mount_script(base, limits, exposures, inner, tmp_prefixes)
     return ["unshare", *flags, "--", "/bin/sh", "-c", script], owner, str(base), label
 
 

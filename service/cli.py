@@ -17,30 +17,24 @@ from service.gen.orchestrator.v1 import enums_pb2 as enums
 
 DEFAULT_TARGET = os.environ.get("ORCHESTRATOR_TARGET", "127.0.0.1:50051")
 
-_SERVE_FLAGS = {
-    "host": str,
-    "grpc_port": int,
-    "http_port": int,
-    "metrics_port": int,
-    "envoy_admin_port": int,
-    "data_dir": str,
-    "database_url": str,
-    "replica_id": str,
-    "workflow_types_dir": str,
-    "max_running_workflows": int,
-    "log_level": str,
-    "log_format": str,
-}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Multi-agent workflow orchestrator.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the service (gRPC, metrics and the Envoy REST sidecar)")
-    for name, kind in _SERVE_FLAGS.items():
-        serve.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help=f"ORCHESTRATOR_{name.upper()}")
-    serve.add_argument("--no-envoy", action="store_true", help="do not start the Envoy sidecar (gRPC only)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the service (gRPC, metrics and the Envoy REST sidecar)",
+        description="Every flag overrides its ORCHESTRATOR_* environment variable; see the README's reference.",
+    )
+    for name, info in _serve_settings().items():
+        flag = f"--{name.replace('_', '-')}"
+        help = f"{info.description or ''} (ORCHESTRATOR_{name.upper()})"
+        if info.annotation is bool:
+            serve.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        else:
+            serve.add_argument(flag, dest=name, default=None, help=help)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -72,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve_settings() -> dict[str, Any]:
+    from orchestrator.settings import Settings
+
+    # Nested model settings (ORCHESTRATOR_AGENTS__*) stay in the environment: secrets do not belong in argv.
+    return {name: info for name, info in Settings.model_fields.items() if name != "agents"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -92,9 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service import logs
     from service.app import serve
 
-    overrides: dict[str, Any] = {k: getattr(args, k) for k in _SERVE_FLAGS if getattr(args, k) is not None}
-    if args.no_envoy:
-        overrides["envoy"] = False
+    overrides: dict[str, Any] = {k: getattr(args, k) for k in _serve_settings() if getattr(args, k) is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -110,7 +109,13 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(run())
+    from orchestrator.errors import DefinitionError
+
+    try:
+        asyncio.run(run())
+    except DefinitionError as exc:
+        print(f"cannot start: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -83,9 +83,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             started, code = time.perf_counter(), grpc.StatusCode.OK
             self._metrics.msg_received.labels("server_stream", *labels).inc()
             try:
-                async for item in behavior(request, context):
-                    self._metrics.msg_sent.labels("server_stream", *labels).inc()
-                    yield item
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        self._metrics.msg_sent.labels("server_stream", *labels).inc()
+                        yield item
+                else:
+                    await result  # a handler that writes with context.write() (grpc.health.v1 Watch does)
             except BaseException as exc:
                 code, status = self._map(exc, context, rid)
                 if status is not None:

@@ -156,3 +156,45 @@ async def test_shutdown_refuses_new_work_and_the_restart_finishes_running_work(t
     finally:
         await channel.close()
         await app.stop(grace=0.5)
+
+
+async def test_cancelling_a_queued_workflow_means_it_never_runs(tmp_path: Path, runner: ScriptedRunner) -> None:
+    app, channel = await started_app(tmp_path, runner, max_running_workflows=1)
+    try:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        gate = runner.gate("requirements")
+        blocker = await submit(stub, "blocker", workflow_type="design")
+        await asyncio.wait_for(runner.started_event(blocker.session_id, "requirements").wait(), 10)
+        queued = await submit(stub, "queued", workflow_type="design")
+        await stub.CancelWorkflow(pb.CancelWorkflowRequest(session_id=queued.session_id))
+        gate.set()
+        assert (await watch_all(stub, blocker.session_id))[-1].type == enums.EVENT_TYPE_WORKFLOW_COMPLETED
+        events = await watch_all(stub, queued.session_id)
+        assert [e.type for e in events] == [enums.EVENT_TYPE_WORKFLOW_QUEUED, enums.EVENT_TYPE_WORKFLOW_CANCELLED]
+        after = await submit(stub, "after", workflow_type="design")  # the queue moved on past the cancelled one
+        await watch_all(stub, after.session_id)
+        assert all(session != queued.session_id for session, _ in runner.calls)
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
+
+
+async def test_health_is_not_serving_once_shutdown_begins(tmp_path: Path, runner: ScriptedRunner) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    app, channel = await started_app(tmp_path, runner)
+    stopping = None
+    try:
+        # A balancer's health watch stream, open before shutdown, sees NOT_SERVING before the server goes.
+        updates = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        first = await updates.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(app.stop(grace=2))
+        second = await asyncio.wait_for(updates.read(), 5)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        if stopping is None:
+            await app.stop(grace=0.5)
+        else:
+            await stopping
+        await channel.close()
