@@ -18,7 +18,6 @@ from service.gen.orchestrator.v1 import enums_pb2 as enums
 DEFAULT_TARGET = os.environ.get("ORCHESTRATOR_TARGET", "127.0.0.1:50051")
 
 
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Multi-agent workflow orchestrator.")
     sub = parser.add_subparsers(dest="command", required=True)

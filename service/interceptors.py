@@ -75,9 +75,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapper
 
-    def _stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], labels: tuple[str, str]
-    ) -> Callable[..., AsyncIterator[Any]]:
+    def _stream(self, behavior: Callable[..., Any], labels: tuple[str, str]) -> Callable[..., AsyncIterator[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             rid = self._begin(context, "server_stream", labels)
             started, code = time.perf_counter(), grpc.StatusCode.OK
