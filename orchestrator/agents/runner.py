@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic_ai.output import NativeOutput, PromptedOutput
 
 from orchestrator.agents.errors import AgentError, BudgetExceeded, PhaseFailed
 from orchestrator.agents.metering import Budget, PhaseUsage, UsageMeter
+from orchestrator.agents.observer import AgentObserver, NullAgentObserver, SandboxOutcome
 from orchestrator.agents.offline import OfflineTask, offline_model
 from orchestrator.agents.prompting import (
     code_from_configuration,
@@ -92,8 +94,10 @@ class PhaseRunner:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        observer: AgentObserver | None = None,
     ) -> None:
         self._settings = settings
+        self._observer = observer or NullAgentObserver()
         self._clients = ProviderClients(settings)
         self._sleep = sleep  # injectable, so tests can observe backoff delays
         self._rng = rng or random.Random()
@@ -105,7 +109,7 @@ class PhaseRunner:
         if request.role not in ROLES:
             raise PhaseFailed(f"unknown agent role {request.role!r}: roles are {', '.join(ROLE_NAMES)}")
         model_id = self.model_for(request.role, request.configuration)
-        meter = UsageMeter(self._settings, request.budget_remaining, model_id)
+        meter = UsageMeter(self._settings, request.budget_remaining, model_id, self._observer)
         logger.info(
             "phase %s (%s) of session %s starts on %s", request.phase, request.role, request.session_id, model_id
         )
@@ -284,10 +288,14 @@ class PhaseRunner:
     async def _sandbox(self, files: list[dict[str, Any]], test_files: list[dict[str, Any]]) -> TestRunReport:
         source_paths = {f["path"] for f in files}
         project = [*files, *(f for f in test_files if f["path"] not in source_paths)]
+        started = time.monotonic()
         try:
-            return await run_tests(project, timeout_s=self._settings.sandbox.timeout_s, limits=self._settings.sandbox)
+            report = await run_tests(project, timeout_s=self._settings.sandbox.timeout_s, limits=self._settings.sandbox)
         except SandboxError as exc:
+            self._observer.sandbox_run("unavailable", time.monotonic() - started)
             raise PhaseFailed(f"the sandbox cannot run the tests: {exc}") from None
+        self._observer.sandbox_run(_sandbox_outcome(report), report.duration_s)
+        return report
 
     # --- one model call ---------------------------------------------------------------------------------------
 
@@ -310,6 +318,7 @@ class PhaseRunner:
             settings=self._settings,
             sleep=self._sleep,
             rng=self._rng,
+            observer=self._observer,
         )
         agent: Agent[None, Any] = Agent(
             model,
@@ -322,7 +331,12 @@ class PhaseRunner:
         limits = UsageLimits(request_limit=self._settings.max_requests_per_phase, total_tokens_limit=tokens_left)
         attempts = self._settings.output_retries + 1
         try:
-            result = await agent.run(prompt, usage_limits=limits, infer_name=False)
+            result = await agent.run(
+                prompt,
+                usage_limits=limits,
+                infer_name=False,
+                model_settings={"max_tokens": self._settings.max_output_tokens},
+            )
         except UsageLimitExceeded as exc:
             if "request_limit" in str(exc):
                 raise PhaseFailed(
@@ -335,11 +349,14 @@ class PhaseRunner:
                 usage=meter.usage(),
             ) from None
         except UnexpectedModelBehavior as exc:
-            logger.warning("%s model %s gave no valid output", role, model_id, exc_info=True)
+            # No traceback: the model's answer in it may echo the requirements, which logs must not carry.
+            logger.warning("%s model %s gave no valid output: %s", role, model_id, type(exc).__name__)
             detail = _validation_summary(exc.__cause__) or exc.message
+            requests = meter.usage().requests
             raise PhaseFailed(
-                f"the {role} model {model_id} did not return valid structured output after {attempts} "
-                f"attempt(s): {detail}"
+                f"the {role} model {model_id} did not return valid structured output in {requests} "
+                f"request(s) (up to {attempts} allowed): {detail}",
+                usage=meter.usage(),
             ) from None
         except ModelAPIError as exc:  # not retried by ResilientModel (it converts what it handles)
             logger.warning("%s model %s failed: %s", role, model_id, type(exc).__name__)
@@ -350,6 +367,14 @@ class PhaseRunner:
         if not isinstance(output, BaseModel):  # pragma: no cover - the output type guarantees it
             raise PhaseFailed(f"the {role} model {model_id} returned no structured output")
         return output
+
+
+def _sandbox_outcome(report: TestRunReport) -> SandboxOutcome:
+    if report.timed_out:
+        return "timeout"
+    if report.success:
+        return "passed"
+    return "failed" if report.failed else "error"
 
 
 def _merge(files: list[dict[str, Any]], revised: list[dict[str, Any]]) -> list[dict[str, Any]]:

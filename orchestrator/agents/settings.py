@@ -69,7 +69,10 @@ class AgentSettings(BaseModel):
     output_mode: Literal["tool", "native", "prompted"] = Field(
         default="tool", description="How structured output is requested: tool call, JSON schema, or prompt."
     )
-    max_requests_per_phase: int = Field(default=30, ge=1)
+    max_requests_per_phase: int = Field(default=30, ge=1, description="Model requests one phase may make.")
+    max_output_tokens: int = Field(
+        default=4096, ge=16, description="Cap on the tokens one model response may generate (max_tokens)."
+    )
     max_fix_iterations: int = Field(default=5, ge=0, description="Upper bound of configuration max_fix_iterations.")
     max_context_chars: int = Field(default=60_000, ge=1_000, description="Longest context section of a prompt.")
     prices: dict[str, ModelPrice] = Field(

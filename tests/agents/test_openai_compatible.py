@@ -123,7 +123,9 @@ async def test_invalid_structured_output_is_retried_then_fails_clearly(
     with pytest.raises(PhaseFailed) as caught:
         await runner_for(make_runner, server, output_retries=2).run(analyst_request())
     message = str(caught.value)
-    assert message.startswith(f"the analyst model {MODEL} did not return valid structured output after 3 attempt(s)")
+    assert message.startswith(
+        f"the analyst model {MODEL} did not return valid structured output in 3 request(s) (up to 3 allowed)"
+    )
     assert "functional_requirements: Field required" in message
     assert server.chat_requests == 3
     # Each retry told the model what was wrong.
