@@ -1,6 +1,8 @@
 """Command line for operators and CI: render the Envoy bootstrap, or validate one with the Envoy binary.
 
 python -m gateway render --grpc-port 50051 --metrics-port 9090 --listen-port 8080 > envoy.yaml
+python -m gateway render ... --allowed-host api.example.com --upstream-ca ca.pem --upstream-cert envoy.pem \
+    --upstream-key envoy.key --upstream-server-name orchestrator   # TLS (and mutual TLS) to the service
 python -m gateway validate envoy.yaml
 """
 
@@ -11,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import DEFAULT_DESCRIPTOR, GatewayOptions, MiB, render_yaml
+from gateway.config import DEFAULT_ALLOWED_HOSTS, DEFAULT_DESCRIPTOR, GatewayOptions, MiB, render_yaml
 from gateway.sidecar import EnvoyError, validate
 
 
@@ -29,8 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 metrics_host=args.metrics_host,
                 metrics_port=args.metrics_port,
                 descriptor_path=args.descriptor,
+                allowed_hosts=tuple(args.allowed_host or DEFAULT_ALLOWED_HOSTS),
                 cors_allowed_origins=tuple(args.cors_origin),
                 max_request_bytes=args.max_request_bytes,
+                upstream_ca_file=_absolute(args.upstream_ca),
+                upstream_cert_file=_absolute(args.upstream_cert),
+                upstream_key_file=_absolute(args.upstream_key),
+                upstream_server_name=args.upstream_server_name,
             )
             text = render_yaml(options)
         except (ValueError, OSError) as error:
@@ -70,11 +77,30 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--max-request-bytes", type=int, default=MiB, help="larger request bodies get 413 (default %(default)s)"
     )
+    render.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help=f"a Host header value the REST port answers (others get 421); repeat for more, '*' for any "
+        f"(default {' '.join(DEFAULT_ALLOWED_HOSTS)})",
+    )
+    render.add_argument("--upstream-ca", type=Path, help="CA bundle (PEM): TLS to the service, verified with it")
+    render.add_argument("--upstream-cert", type=Path, help="client certificate (PEM) for mutual TLS to the service")
+    render.add_argument("--upstream-key", type=Path, help="private key (PEM) of --upstream-cert")
+    render.add_argument(
+        "--upstream-server-name",
+        default="localhost",
+        help="name expected in the service's certificate, sent as SNI (default %(default)s)",
+    )
     render.add_argument("-o", "--output", type=Path, help="write here instead of standard output")
 
     check = commands.add_parser("validate", help="run `envoy --mode validate` on a bootstrap file")
     check.add_argument("config", type=Path)
     return parser
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else path.resolve()
 
 
 if __name__ == "__main__":

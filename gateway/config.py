@@ -49,6 +49,7 @@ HTTP_TO_RPC_CODE: Final[dict[int, int]] = {
     408: 4,  # DEADLINE_EXCEEDED
     409: 10,  # ABORTED
     413: 8,  # RESOURCE_EXHAUSTED
+    421: 5,  # NOT_FOUND: the Host header names no host this listener serves
     429: 8,  # RESOURCE_EXHAUSTED
     431: 8,  # RESOURCE_EXHAUSTED
     499: 1,  # CANCELLED
@@ -75,6 +76,12 @@ API_HEADERS: Final[dict[str, str]] = {
 # Envoy warns at every start without a limit; this one only guards against file descriptor exhaustion.
 MAX_DOWNSTREAM_CONNECTIONS: Final = 10_000
 
+# Host headers the REST listener answers by default; a port equal to the listener's own is stripped before
+# matching, so "localhost:8080" on port 8080 matches "localhost". Others get 421: a browser page on another
+# site that resolves its name to 127.0.0.1 (DNS rebinding) cannot reach the API.
+DEFAULT_ALLOWED_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
+MISDIRECTED_BODY: Final = "this server does not serve the host named in the request's Host header"
+
 CORS_ALLOW_METHODS: Final = "GET, POST, OPTIONS"
 CORS_ALLOW_HEADERS: Final = "content-type, accept, authorization, x-request-id"
 CORS_EXPOSE_HEADERS: Final = "x-request-id"
@@ -94,9 +101,19 @@ class GatewayOptions:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     descriptor_path: Path = DEFAULT_DESCRIPTOR
+    # Host header values the REST listener answers (Envoy `domains`: name, name:port, *.suffix, prefix.*), or
+    # ("*",) for any.
+    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     cors_allowed_origins: tuple[str, ...] = ()
     max_request_bytes: int = MiB
     max_response_bytes: int = 16 * MiB
+    # TLS to the gRPC service: on when upstream_ca_file is set (Envoy verifies the service's certificate with it
+    # and expects upstream_server_name in its subjectAltName); a client certificate too for mutual TLS. Absolute
+    # paths: Envoy reads them itself, from its own working directory.
+    upstream_ca_file: Path | None = None
+    upstream_cert_file: Path | None = None
+    upstream_key_file: Path | None = None
+    upstream_server_name: str = "localhost"
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
@@ -117,6 +134,28 @@ class GatewayOptions:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
                 raise ValueError(f"CORS origin must look like https://host[:port], not {origin!r}")
+        if not self.allowed_hosts:
+            raise ValueError("allowed_hosts must name at least one host (or '*' for any)")
+        for host in self.allowed_hosts:
+            if not host or any(c.isspace() or c in "/?#@" for c in host):
+                raise ValueError(f"allowed host must look like name[:port], not {host!r}")
+        if len({host.lower() for host in self.allowed_hosts}) != len(self.allowed_hosts):
+            raise ValueError("allowed_hosts has duplicates, which Envoy refuses")
+        for name in ("upstream_ca_file", "upstream_cert_file", "upstream_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_absolute():
+                raise ValueError(f"{name} must be an absolute path (Envoy runs in its own directory), not {path}")
+        if (self.upstream_cert_file is None) != (self.upstream_key_file is None):
+            raise ValueError("set upstream_cert_file and upstream_key_file together")
+        if self.upstream_cert_file is not None and self.upstream_ca_file is None:
+            raise ValueError("a client certificate for the upstream needs TLS: set upstream_ca_file too")
+        server_name = self.upstream_server_name
+        if not _is_ip(server_name) and (not server_name or any(c.isspace() or c in "/:[]" for c in server_name)):
+            raise ValueError(f"upstream_server_name must be a host name or an IP address, not {server_name!r}")
+
+    @property
+    def upstream_tls(self) -> bool:
+        return self.upstream_ca_file is not None
 
 
 def build_envoy_config(options: GatewayOptions) -> JsonDict:
@@ -180,6 +219,9 @@ def _listener(options: GatewayOptions, descriptor: str) -> JsonDict:
         "always_set_request_id_in_response": True,
         "normalize_path": True,
         "merge_slashes": True,
+        # Host matching ignores a port equal to the listener's own (also when it was bound to port 0), so the
+        # allowed names need no port and a Host with another port is not taken for them.
+        "strip_matching_host_port": True,
         "request_headers_timeout": "10s",
         "access_log": [_access_log()],
         "local_reply_config": _local_reply_config(),
@@ -279,9 +321,10 @@ def _transcoder(options: GatewayOptions, descriptor: str, *, sse: bool) -> JsonD
 
 
 def _route_config(options: GatewayOptions, descriptor: str) -> JsonDict:
+    any_host = "*" in options.allowed_hosts
     virtual_host: JsonDict = {
         "name": "orchestrator",
-        "domains": ["*"],
+        "domains": ["*"] if any_host else list(options.allowed_hosts),
         "routes": [
             _metrics_route({"path": "/metrics"}, "metrics"),
             _metrics_route({"path": "/openapi.json"}, "openapi"),
@@ -323,7 +366,27 @@ def _route_config(options: GatewayOptions, descriptor: str) -> JsonDict:
     return {
         "name": "orchestrator",
         "response_headers_to_add": _headers(SECURITY_HEADERS),
-        "virtual_hosts": [virtual_host],
+        "virtual_hosts": [virtual_host] if any_host else [virtual_host, _other_hosts()],
+    }
+
+
+def _other_hosts() -> JsonDict:
+    """Every Host not allowed: 421 Misdirected Request, as JSON through local_reply_config, for every path."""
+    return {
+        "name": "other-hosts",
+        "domains": ["*"],
+        "routes": [
+            {
+                "name": "host-not-allowed",
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 421, "body": {"inline_string": MISDIRECTED_BODY}},
+                "response_headers_to_add": _headers(API_HEADERS),
+                # Not transcoded: the answer is the same whatever the path or body.
+                "typed_per_filter_config": {
+                    _TRANSCODER: {"@type": _TYPE_PREFIX + "envoy.config.route.v3.FilterConfig", "disabled": True}
+                },
+            }
+        ],
     }
 
 
@@ -476,7 +539,40 @@ def _grpc_cluster(options: GatewayOptions) -> JsonDict:
     ]
     # Without this, Envoy "panics" and sends traffic to its only host even when that host is unhealthy.
     cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    if options.upstream_tls:
+        # Health checks use the cluster's transport socket, so they are checked over the same TLS.
+        cluster["transport_socket"] = _upstream_tls(options)
     return cluster
+
+
+def _upstream_tls(options: GatewayOptions) -> JsonDict:
+    name = options.upstream_server_name
+    common: JsonDict = {
+        # grpc servers negotiate HTTP/2 by ALPN.
+        "alpn_protocols": ["h2"],
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "validation_context": {
+            "trusted_ca": {"filename": str(options.upstream_ca_file)},
+            # Without a name to match, any certificate the CA ever issued would do.
+            "match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}
+            ],
+        },
+    }
+    if options.upstream_cert_file is not None:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": str(options.upstream_cert_file)},
+                "private_key": {"filename": str(options.upstream_key_file)},
+            }
+        ]
+    context: JsonDict = {
+        "@type": _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if not _is_ip(name):
+        context["sni"] = name  # SNI carries host names only (RFC 6066)
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def _metrics_cluster(options: GatewayOptions) -> JsonDict:

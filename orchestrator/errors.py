@@ -66,11 +66,48 @@ class IdempotencyConflict(OrchestratorError):
 
 
 class ResourceExhausted(OrchestratorError):
-    code = "RESOURCE_EXHAUSTED"
+    """A limit was reached; retrying after `retry_after_seconds` may succeed. `code` says which limit."""
 
-    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+    code = "RESOURCE_EXHAUSTED"
+    REASONS = ("RESOURCE_EXHAUSTED", "RATE_LIMITED", "TOO_MANY_ACTIVE_WORKFLOWS", "TOO_MANY_WATCH_STREAMS")
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0, *, reason: str = "RESOURCE_EXHAUSTED") -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+        self.code = reason
+
+
+class Unauthenticated(OrchestratorError):
+    """The caller presented no valid credentials; `code` says why. The message never holds the credential."""
+
+    code = "UNAUTHENTICATED"
+    REASONS = (
+        "TOKEN_MISSING",
+        "TOKEN_MALFORMED",
+        "TOKEN_EXPIRED",
+        "TOKEN_NOT_YET_VALID",
+        "TOKEN_ISSUER_INVALID",
+        "TOKEN_AUDIENCE_INVALID",
+        "TOKEN_SIGNATURE_INVALID",
+        "TOKEN_ALGORITHM_NOT_ALLOWED",
+        "TOKEN_KEY_UNKNOWN",
+        "TOKEN_CLAIMS_INVALID",
+    )
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.code = reason
+
+
+class PermissionDenied(OrchestratorError):
+    """The caller is known but may not do this, e.g. a read-only token submitting a workflow."""
+
+    code = "PERMISSION_DENIED"
+    REASONS = ("SCOPE_MISSING",)
+
+    def __init__(self, message: str, reason: str = "SCOPE_MISSING") -> None:
+        super().__init__(message)
+        self.code = reason
 
 
 class Unavailable(OrchestratorError):

@@ -14,6 +14,9 @@ export PATH="$PWD/.venv/bin:$PATH"
 HTTP_PORT=${ORCHESTRATOR_HTTP_PORT:-8080}
 export ORCHESTRATOR_LOG_FORMAT=${ORCHESTRATOR_LOG_FORMAT:-text}
 export ORCHESTRATOR_LOG_LEVEL=${ORCHESTRATOR_LOG_LEVEL:-WARNING}
+# Authentication is on by default and has no default key; this local demo turns it off explicitly (see the
+# README's "Authentication and tenants" to run with tokens).
+export ORCHESTRATOR_AUTH__ENABLED=${ORCHESTRATOR_AUTH__ENABLED:-false}
 orchestrator serve --data-dir "${ORCHESTRATOR_DATA_DIR:-data}" --http-port "$HTTP_PORT" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM

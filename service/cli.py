@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     def client(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("--target", default=DEFAULT_TARGET, help="gRPC address (ORCHESTRATOR_TARGET)")
+        p.add_argument(
+            "--token",
+            default=os.environ.get("ORCHESTRATOR_TOKEN") or None,
+            help="bearer JWT sent as 'authorization: Bearer ...' (prefer ORCHESTRATOR_TOKEN: argv is visible to ps)",
+        )
         return p
 
     submit = client("submit", "submit a workflow")
@@ -68,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
 def _serve_settings() -> dict[str, Any]:
     from orchestrator.settings import Settings
 
-    # Nested model settings (ORCHESTRATOR_AGENTS__*) stay in the environment: secrets do not belong in argv.
-    return {name: info for name, info in Settings.model_fields.items() if name != "agents"}
+    # Nested model settings (ORCHESTRATOR_AGENTS__*, ORCHESTRATOR_AUTH__*, ORCHESTRATOR_TLS__*) stay in the
+    # environment: secrets do not belong in argv.
+    return {name: info for name, info in Settings.model_fields.items() if name not in ("agents", "auth", "tls")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +103,11 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         for error in exc.errors():
-            print(f"invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+            where = ".".join(map(str, error["loc"]))
+            print(
+                f"invalid setting {where}: {error['msg']}" if where else f"invalid settings: {error['msg']}",
+                file=sys.stderr,
+            )
         return 2
     logs.configure(settings.log_level, settings.log_format)
 
@@ -121,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _client_command(args: argparse.Namespace) -> int:
     from service.client import OrchestratorClient
 
-    async with OrchestratorClient(args.target) as client:
+    async with OrchestratorClient(args.target, token=args.token) as client:
         match args.command:
             case "submit":
                 response = await client.submit(
@@ -141,7 +151,7 @@ async def _client_command(args: argparse.Namespace) -> int:
             case "cancel":
                 _print(await client.cancel(args.session_id, args.reason))
             case "list":
-                state = enums.WorkflowState.Value(f"WORKFLOW_STATE_{args.state.upper()}") if args.state else 0
+                state = f"WORKFLOW_STATE_{args.state.upper()}" if args.state else enums.WORKFLOW_STATE_UNSPECIFIED
                 _print(
                     await client.list(
                         page_size=args.page_size,

@@ -7,7 +7,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from orchestrator.errors import InvalidArgument, OrchestratorError, ResourceExhausted
+from orchestrator.errors import InvalidArgument, OrchestratorError, PermissionDenied, ResourceExhausted, Unauthenticated
 
 DOMAIN = "orchestrator.v1"
 
@@ -21,6 +21,10 @@ CODES: dict[str, grpc.StatusCode] = {
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    # The reasons these errors give in ErrorInfo (TOKEN_EXPIRED, RATE_LIMITED, ...) share their class's code.
+    **dict.fromkeys(ResourceExhausted.REASONS, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    **dict.fromkeys(PermissionDenied.REASONS, grpc.StatusCode.PERMISSION_DENIED),
+    **dict.fromkeys(Unauthenticated.REASONS, grpc.StatusCode.UNAUTHENTICATED),
 }
 
 

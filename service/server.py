@@ -2,44 +2,90 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from orchestrator.engine import Engine
 from orchestrator.settings import Settings
+from service.auth import Gatekeeper
 from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from service.interceptors import ServiceInterceptor
 from service.metrics import ServiceMetrics
 from service.servicer import OrchestratorServicer
 
+logger = logging.getLogger(__name__)
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def build_server(
     settings: Settings, engine: Engine, metrics: ServiceMetrics, health_servicer: health.aio.HealthServicer
 ) -> tuple[grpc.aio.Server, int]:
     """The server, not started, bound to settings.host:settings.grpc_port (0 picks a free port)."""
+    gatekeeper = Gatekeeper(settings)
+    if gatekeeper.verifier is None:
+        logger.warning("%s; bound to %s", gatekeeper.describe(), settings.host)
+    else:
+        logger.info("%s", gatekeeper.describe())
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(metrics)],
+        interceptors=[ServiceInterceptor(metrics, gatekeeper)],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # grpc itself answers a larger request with RESOURCE_EXHAUSTED, before any handler runs.
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ],
+    )
+    metrics.initialize_methods(
+        _methods(
+            pb.DESCRIPTOR.services_by_name["OrchestratorService"], health_pb2.DESCRIPTOR.services_by_name["Health"]
+        )
     )
     pb_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(settings, engine, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    address = f"{settings.host}:{settings.grpc_port}"
+    credentials = server_credentials(settings)
+    port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind the gRPC port {settings.host}:{settings.grpc_port}")
     return server, port
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from settings.tls (None when TLS is off). With a client CA, a client without a
+    certificate that CA issued fails the handshake: no RPC, not even Health, is reached."""
+    tls = settings.tls
+    if tls.cert_file is None or tls.key_file is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=tls.client_ca_file.read_bytes() if tls.client_ca_file else None,
+        require_client_auth=tls.mutual,
+    )
+
+
+def _methods(*services: ServiceDescriptor) -> list[tuple[str, str, str]]:
+    """(grpc_type, grpc_service, grpc_method) of every method, with go-grpc-prometheus's grpc_type names."""
+    kinds = {
+        (False, False): "unary",
+        (True, False): "client_stream",
+        (False, True): "server_stream",
+        (True, True): "bidi_stream",
+    }
+    return [
+        (kinds[(m.client_streaming, m.server_streaming)], service.full_name, m.name)
+        for service in services
+        for m in service.methods
+    ]
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

@@ -7,17 +7,23 @@ from collections.abc import AsyncIterator
 import grpc
 
 from orchestrator import logcontext
+from orchestrator.cache import LruCache
 from orchestrator.engine import Engine
+from orchestrator.models import EventType
 from orchestrator.settings import Settings
-from service import convert
+from service import auth, convert
 from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from service.metrics import ServiceMetrics
 
 
 def _tenant(context: grpc.aio.ServicerContext) -> str:
-    # Tenants come from authentication (issue 5); with auth off every caller is the same, empty tenant.
-    return ""
+    """The tenant Gatekeeper.admit authenticated for this call ("" with auth off)."""
+    principal = auth.current_principal()
+    if principal is None:
+        # Only a server built without the gatekeeper gets here; failing closed beats serving every tenant's data.
+        raise RuntimeError("no authenticated principal for this call: the gatekeeper is not installed")
+    return principal.tenant
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore[misc]
@@ -25,6 +31,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
         self._settings = settings
         self._engine = engine
         self._metrics = metrics
+        self._converted: LruCache[pb.GetWorkflowStatusResponse] = LruCache(capacity=1000, max_age_seconds=60.0)
+        self._converted_events: LruCache[pb.WatchWorkflowResponse] = LruCache(capacity=5000, max_age_seconds=60.0)
 
     async def ExecuteWorkflow(
         self, request: pb.ExecuteWorkflowRequest, context: grpc.aio.ServicerContext
@@ -42,7 +50,14 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
         session_id = convert.session_id_from_proto(request.session_id)
         logcontext.session_id.set(session_id)
         status = await self._engine.status(session_id, _tenant(context))
-        return convert.status_to_proto(status)
+        # A status is fully determined by its session and sequence number; converting a large one (generated
+        # code, phase outputs) costs more than the rest of the call, and pollers ask again and again.
+        key = f"{status.session_id}:{status.last_sequence}"
+        message = self._converted.get(key)
+        if message is None:
+            message = convert.status_to_proto(status)
+            self._converted.put(key, message)
+        return message
 
     async def WatchWorkflow(
         self, request: pb.WatchWorkflowRequest, context: grpc.aio.ServicerContext
@@ -53,7 +68,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
         self._metrics.watch_streams.inc()
         try:
             async for event in events:
-                yield convert.event_to_proto(event)
+                if event.type is EventType.HEARTBEAT:
+                    yield convert.event_to_proto(event)
+                    continue
+                # Every watcher of a session receives the same stored events: convert each one once.
+                key = f"{event.session_id}:{event.sequence}"
+                message = self._converted_events.get(key)
+                if message is None:
+                    message = convert.event_to_proto(event)
+                    self._converted_events.put(key, message)
+                yield message
         finally:
             self._metrics.watch_streams.dec()
 

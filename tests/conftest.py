@@ -54,6 +54,13 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "watch_heartbeat_seconds": 0.5,
         "remote_poll_seconds": 0.1,
         "log_format": "text",
+        # Auth is on by default; these tests run without it (tests/service/test_auth.py turns it on), and they
+        # poll and submit fast from one address, so the per-address rate limits are far above the defaults.
+        "auth": {"enabled": False},
+        "read_rate_per_second": 10_000,
+        "read_burst": 10_000,
+        "write_rate_per_second": 10_000,
+        "write_burst": 10_000,
         **overrides,
     }
     return Settings(**values)

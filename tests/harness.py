@@ -69,6 +69,11 @@ async def main() -> None:
         remote_poll_seconds=0.1,
         log_format="text",
         log_level="WARNING",
+        auth={"enabled": False},
+        read_rate_per_second=10_000,
+        read_burst=10_000,
+        write_rate_per_second=10_000,
+        write_burst=10_000,
     )
     logs.configure(settings.log_level, settings.log_format)
     app = App(settings, runner=LoggingRunner(Path(args.calls_file), args.delay))

@@ -14,6 +14,7 @@ from google.protobuf import descriptor_pb2
 
 from gateway.__main__ import main
 from gateway.config import (
+    DEFAULT_ALLOWED_HOSTS,
     DEFAULT_DESCRIPTOR,
     GRPC_CLUSTER,
     WATCH_PATH_REGEX,
@@ -22,6 +23,7 @@ from gateway.config import (
     write_envoy_config,
 )
 from gateway.sidecar import EnvoyError, validate
+from tests.certs import TestCA
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,3 +205,103 @@ def test_cli_render_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_cli_render_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "--grpc-port", "1", "--metrics-port", "2", "--admin-host", "0.0.0.0"]) == 2
     assert "loopback" in capsys.readouterr().err
+
+
+# --- allowed hosts and upstream TLS ---------------------------------------------------------------------------
+
+
+def virtual_hosts(config: dict[str, Any]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = hcm(config)["route_config"]["virtual_hosts"]
+    return result
+
+
+def test_allowed_hosts_are_the_domains_and_every_other_host_gets_421() -> None:
+    config = build_envoy_config(options(allowed_hosts=("api.example.com", "localhost:8080")))
+    served, others = virtual_hosts(config)
+    assert served["domains"] == ["api.example.com", "localhost:8080"]
+    assert others["domains"] == ["*"]
+    (route,) = others["routes"]
+    assert route["direct_response"]["status"] == 421
+    assert hcm(config)["strip_matching_host_port"] is True
+    # The default: loopback names only.
+    assert virtual_hosts(build_envoy_config(options()))[0]["domains"] == list(DEFAULT_ALLOWED_HOSTS)
+
+
+def test_a_star_allows_every_host() -> None:
+    (only,) = virtual_hosts(build_envoy_config(options(allowed_hosts=("*",))))
+    assert only["domains"] == ["*"]
+
+
+def test_no_upstream_tls_unless_a_ca_is_configured() -> None:
+    assert "transport_socket" not in cluster(build_envoy_config(options()), GRPC_CLUSTER)
+
+
+def test_upstream_tls_verifies_the_name_and_presents_a_client_certificate(tmp_path: Path) -> None:
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "envoy.pem", tmp_path / "envoy.key"
+    config = build_envoy_config(
+        options(upstream_ca_file=ca, upstream_cert_file=cert, upstream_key_file=key, upstream_server_name="svc")
+    )
+    socket = cluster(config, GRPC_CLUSTER)["transport_socket"]
+    context = socket["typed_config"]
+    assert context["sni"] == "svc"
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["validation_context"]["trusted_ca"] == {"filename": str(ca)}
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "svc"}}
+    ]
+    assert common["tls_certificates"] == [
+        {"certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}
+    ]
+    # An IP address is matched as one, and never sent as SNI.
+    by_ip = cluster(build_envoy_config(options(upstream_ca_file=ca, upstream_server_name="10.0.0.7")), GRPC_CLUSTER)
+    context = by_ip["transport_socket"]["typed_config"]
+    assert "sni" not in context and "tls_certificates" not in context["common_tls_context"]
+    assert context["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": "10.0.0.7"}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"allowed_hosts": ()}, "at least one host"),
+        ({"allowed_hosts": ("a.example", "A.example")}, "duplicates"),
+        ({"allowed_hosts": ("a.example/path",)}, "name[:port]"),
+        ({"upstream_ca_file": Path("relative/ca.pem")}, "absolute path"),
+        ({"upstream_ca_file": Path("/ca.pem"), "upstream_cert_file": Path("/c.pem")}, "together"),
+        ({"upstream_cert_file": Path("/c.pem"), "upstream_key_file": Path("/c.key")}, "set upstream_ca_file"),
+        ({"upstream_ca_file": Path("/ca.pem"), "upstream_server_name": "svc:50051"}, "host name or an IP"),
+    ],
+)
+def test_bad_host_and_tls_options_are_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        options(**overrides)
+
+
+@pytest.mark.envoy
+def test_tls_config_passes_envoy_validate_and_the_cli_renders_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = TestCA(tmp_path / "pki")
+    envoy_cert = ca.client("envoy")
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        [
+            "render", "--grpc-port", "50051", "--metrics-port", "9090",
+            "--allowed-host", "api.example.com", "--allowed-host", "localhost",
+            "--upstream-ca", "pki/test-ca.pem", "--upstream-cert", "pki/envoy.pem", "--upstream-key", "pki/envoy.key",
+            "--upstream-server-name", "orchestrator",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    rendered = capsys.readouterr().out
+    config = yaml.safe_load(rendered)
+    assert virtual_hosts(config)[0]["domains"] == ["api.example.com", "localhost"]
+    context = cluster(config, GRPC_CLUSTER)["transport_socket"]["typed_config"]["common_tls_context"]
+    # Relative paths are made absolute: Envoy reads them from its own working directory.
+    assert context["validation_context"]["trusted_ca"]["filename"] == str(ca.cert_file.resolve())
+    assert context["tls_certificates"][0]["private_key"]["filename"] == str(envoy_cert.key_file.resolve())
+    path = tmp_path / "envoy.yaml"
+    path.write_text(rendered)
+    validate(path)

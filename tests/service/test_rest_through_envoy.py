@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
 from service.app import App
@@ -207,3 +209,44 @@ async def test_types_health_and_metrics(http: httpx.AsyncClient) -> None:
     metrics = await http.get("/metrics")
     assert metrics.status_code == 200
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Health"' in metrics.text
+
+
+async def test_auth_through_envoy_is_401_json_without_a_token_and_200_with_one(
+    tmp_path: Path, runner: ScriptedRunner
+) -> None:
+    secret = "s" * 32
+    auth = {"enabled": True, "hs256_secret": secret, "issuer": "https://issuer.test", "audience": "orchestrator"}
+    application = App(make_settings(tmp_path / "data", envoy=True, auth=auth), runner=runner)
+    await application.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{application.http_port}", timeout=20) as http:
+            response = await http.get("/workflow-types")
+            assert response.status_code == 401, response.text
+            body = response.json()
+            assert body["code"] == 16
+            reasons = [d["reason"] for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
+            assert reasons == ["TOKEN_MISSING"]
+            now = int(time.time())
+            token = jwt.encode(
+                {
+                    "sub": "t1",
+                    "iss": auth["issuer"],
+                    "aud": auth["audience"],
+                    "exp": now + 60,
+                    "scope": "workflows:read",
+                },
+                secret,
+                algorithm="HS256",
+            )
+            response = await http.get("/workflow-types", headers={"authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+            assert "full" in {t["name"] for t in response.json()["workflow_types"]}
+            response = await http.post(
+                "/execute-workflow",
+                json={"requirements": "r", "workflow_type": "full"},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            assert response.status_code == 403 and response.json()["code"] == 7  # read-only token
+            assert (await http.get("/health")).status_code == 200  # probes need no token
+    finally:
+        await application.stop(grace=0.5)
