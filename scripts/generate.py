@@ -1,27 +1,46 @@
-"""Regenerates the Python stubs and Envoy's descriptor set from protos/ (the one generation command).
+"""Regenerates the Python stubs, Envoy's descriptor set and the OpenAPI document from protos/ (the one
+generation command).
 
 `python scripts/generate.py` writes them; `python scripts/generate.py --check` regenerates into a temporary
 directory and exits 1 when the committed files differ, which is how CI catches drift.
+
+The OpenAPI document needs two tools besides grpc_tools, both offline: protoc-gen-swagger from Debian's
+`golang-grpc-gateway` (grpc-gateway v1, Swagger 2.0) and npm's `swagger2openapi` (to OpenAPI 3), which
+scripts/test.sh installs. PROTOC_GEN_SWAGGER and SWAGGER2OPENAPI point at other copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import grpc_tools
+from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import openapi  # scripts/ is not a package: its directory is put on sys.path above
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 THIRD_PARTY = ROOT / "third_party" / "googleapis"
 STUBS = ROOT / "service" / "gen"
 DESCRIPTOR = ROOT / "gateway" / "orchestrator.pb"
+OPENAPI = ROOT / "docs" / "openapi.json"
+NODE_TOOLS = ROOT / ".ci" / "tools" / "node_modules" / ".bin"
+# The versions the committed document was made with; another version may word or order things differently.
+TOOLS_HINT = (
+    "install them with `apt-get install golang-grpc-gateway` (protoc-gen-swagger, grpc-gateway 1.6.4) and "
+    "`npm install --prefix .ci/tools swagger2openapi@7.0.8`, or run scripts/test.sh, which does both"
+)
 WELL_KNOWN = Path(grpc_tools.__file__).parent / "_proto"
 # protoc names imports after the proto package (`from orchestrator.v1 import ...`), which would resolve to the
 # domain package `orchestrator/`; the stubs live under service/gen, so their imports are rewritten to match.
@@ -41,7 +60,7 @@ def _protoc(args: list[str]) -> None:
         raise SystemExit(f"protoc failed ({code}) for {args[-1]}")
 
 
-def generate(stubs: Path, descriptor: Path) -> None:
+def generate(stubs: Path, descriptor: Path, openapi_json: Path) -> None:
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     if stubs.exists():
         shutil.rmtree(stubs)
@@ -64,6 +83,47 @@ def generate(stubs: Path, descriptor: Path) -> None:
             "google/rpc/status.proto",
         ]
     )
+    _openapi(sources, descriptor, openapi_json)
+
+
+def _tool(name: str, env: str, *candidates: Path) -> str:
+    for found in (os.environ.get(env), *map(str, candidates), shutil.which(name)):
+        if found and os.access(found, os.X_OK):
+            return found
+    raise SystemExit(f"{name} not found (needed for docs/openapi.json): {TOOLS_HINT}")
+
+
+def _openapi(sources: list[str], descriptor: Path, out: Path) -> None:
+    """Swagger 2.0 from protoc-gen-swagger, OpenAPI 3 from swagger2openapi, then finished by scripts/openapi.py."""
+    swagger_plugin = _tool("protoc-gen-swagger", "PROTOC_GEN_SWAGGER", Path("/usr/bin/protoc-gen-swagger"))
+    converter = _tool("swagger2openapi", "SWAGGER2OPENAPI", NODE_TOOLS / "swagger2openapi")
+    with tempfile.TemporaryDirectory() as tmp:
+        _protoc(
+            [
+                f"--plugin=protoc-gen-swagger={swagger_plugin}",
+                f"--swagger_out=allow_merge=true,merge_file_name=orchestrator:{tmp}",
+                *sources,
+            ]
+        )
+        swagger, converted = Path(tmp) / "orchestrator.swagger.json", Path(tmp) / "openapi.json"
+        # refSiblings allOf: keeps a field's description beside its $ref, which OpenAPI 3.0 would ignore.
+        result = subprocess.run(
+            [converter, "--refSiblings", "allOf", "--outfile", str(converted), str(swagger)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"swagger2openapi failed:\n{result.stderr}")
+        files = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+        document = openapi.finish(json.loads(converted.read_text()), files)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    # swagger2openapi ships a validator; a post-processing slip must fail here, not in a client's code generator.
+    validator = Path(converter).with_name("oas-validate")
+    result = subprocess.run([str(validator), "--quiet", str(out)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise SystemExit(f"{out} is not valid OpenAPI 3:\n{result.stdout}{result.stderr}")
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -77,16 +137,17 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail when committed files differ")
     args = parser.parse_args()
     if not args.check:
-        generate(STUBS, DESCRIPTOR)
+        generate(STUBS, DESCRIPTOR, OPENAPI)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        stubs, descriptor = Path(tmp) / "gen", Path(tmp) / "orchestrator.pb"
-        generate(stubs, descriptor)
+        stubs, descriptor, document = Path(tmp) / "gen", Path(tmp) / "orchestrator.pb", Path(tmp) / "openapi.json"
+        generate(stubs, descriptor, document)
         stale = []
         if not _same_tree(stubs, STUBS):
             stale.append(str(STUBS.relative_to(ROOT)))
-        if not DESCRIPTOR.exists() or not filecmp.cmp(descriptor, DESCRIPTOR, shallow=False):
-            stale.append(str(DESCRIPTOR.relative_to(ROOT)))
+        for made, committed in ((descriptor, DESCRIPTOR), (document, OPENAPI)):
+            if not committed.exists() or not filecmp.cmp(made, committed, shallow=False):
+                stale.append(str(committed.relative_to(ROOT)))
     if stale:
         print(f"generated files are stale: {', '.join(stale)}; run python scripts/generate.py", file=sys.stderr)
         return 1

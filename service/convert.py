@@ -134,19 +134,29 @@ def list_query_from_proto(request: pb.ListWorkflowsRequest, *, tenant: str) -> m
     )
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    # Struct numbers are doubles: 2 arrives as 2.0. Integral values become ints so integer keys validate.
-    return dict(_integral(json_format.MessageToDict(struct)))
+def struct_to_dict(struct: struct_pb2.Struct, field: str = "configuration") -> dict[str, Any]:
+    """The Struct as plain JSON values. Walked by hand rather than with json_format.MessageToDict, which raises
+    ValueError on NaN and Infinity (a double can hold them, JSON cannot): they are refused here, field by field."""
+    return {key: _from_value(value, f"{field}.{key}") for key, value in struct.fields.items()}
 
 
-def _integral(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral(v) for v in value]
-    return value
+def _from_value(value: struct_pb2.Value, field: str) -> Any:
+    match value.WhichOneof("kind"):
+        case "number_value":
+            number = value.number_value
+            if not math.isfinite(number):
+                raise InvalidArgument.field(field, "must be a finite number (JSON has no NaN or Infinity)")
+            # Struct numbers are doubles: 2 arrives as 2.0. Integral values become ints so integer keys validate.
+            return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        case "string_value":
+            return value.string_value
+        case "bool_value":
+            return value.bool_value
+        case "struct_value":
+            return struct_to_dict(value.struct_value, field)
+        case "list_value":
+            return [_from_value(item, f"{field}[{i}]") for i, item in enumerate(value.list_value.values)]
+    return None  # null_value, or a Value with no kind set
 
 
 # Responses --------------------------------------------------------------------------------------------------
@@ -221,6 +231,7 @@ def status_to_proto(status: m.WorkflowStatus) -> pb.GetWorkflowStatusResponse:
     _ts(status.updated_at, out.updated_at)
     _ts(status.finished_at, out.finished_at)
     _ts(status.estimated_completion, out.estimated_completion)
+    usage_to_proto(status.usage, out.usage)
     return out
 
 

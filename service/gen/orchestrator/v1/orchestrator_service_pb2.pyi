@@ -50,7 +50,7 @@ class GetWorkflowStatusRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class GetWorkflowStatusResponse(_message.Message):
-    __slots__ = ("session_id", "workflow_type", "state", "priority", "progress", "current_phase", "phases_completed", "phases", "errors", "partial_results", "result", "created_at", "updated_at", "finished_at", "estimated_completion", "last_sequence", "model", "request_id")
+    __slots__ = ("session_id", "workflow_type", "state", "priority", "progress", "current_phase", "phases_completed", "phases", "errors", "partial_results", "result", "created_at", "updated_at", "finished_at", "estimated_completion", "last_sequence", "model", "request_id", "usage")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class GetWorkflowStatusResponse(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     workflow_type: str
     state: _enums_pb2.WorkflowState
@@ -87,7 +88,8 @@ class GetWorkflowStatusResponse(_message.Message):
     last_sequence: int
     model: str
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., progress: _Optional[int] = ..., current_phase: _Optional[str] = ..., phases_completed: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[_workflow_pb2.PhaseStatus, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., partial_results: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_workflow_pb2.WorkflowResult, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    usage: _workflow_pb2.Usage
+    def __init__(self, session_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., progress: _Optional[int] = ..., current_phase: _Optional[str] = ..., phases_completed: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[_workflow_pb2.PhaseStatus, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., partial_results: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_workflow_pb2.WorkflowResult, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., usage: _Optional[_Union[_workflow_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class WatchWorkflowRequest(_message.Message):
     __slots__ = ("session_id", "after_sequence")
