@@ -22,8 +22,10 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, SetEnqueueOptions, SetWorkflowID
 
+from orchestrator import logcontext
 from orchestrator.agents import Budget, PhaseFailed, PhaseRequest, PhaseResult
 from orchestrator.agents.errors import BudgetExceeded
+from orchestrator.cache import LruCache
 from orchestrator.definitions import Catalog, WorkflowDefinition, configuration_size_problems
 from orchestrator.errors import (
     InvalidArgument,
@@ -149,6 +151,9 @@ class Engine:
         self._interrupted: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
         self._durations: dict[str, tuple[float, float | None]] = {}
+        # A finished workflow's status never changes again, so reads of it skip the database (bounded in size,
+        # and in age so a purge on another replica is seen within a minute).
+        self._finished: LruCache[WorkflowStatus] = LruCache(capacity=10_000, max_age_seconds=60.0)
         # Our own pools: DBOS replaces (and at destroy shuts down) the loop's default executor. SQLite takes one
         # writer at a time anyway, so its writes queue here instead of spinning on the database lock.
         self._reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-read")
@@ -176,7 +181,6 @@ class Engine:
             "executor_id": self.settings.replica_id,
             "max_executor_threads": self.settings.max_executor_threads,
             "log_level": "WARNING",
-            "notification_listener_polling_interval_sec": 0.1,
         }
         if self.settings.is_sqlite:
             config["system_database_engine"] = _dbos_sqlite_engine(self.settings.dbos_url())
@@ -284,7 +288,11 @@ class Engine:
             status=status,
         )
         first = EventDraft("queued", EventType.WORKFLOW_QUEUED, message=f"queued; model: {model}")
-        status, created = await self._write(self.store.create_session, new, first)
+        status, created = await self._write(
+            functools.partial(self.store.create_session, max_active=self.settings.max_active_workflows_per_tenant),
+            new,
+            first,
+        )
         # Enqueue even for a duplicate: enqueueing under the same workflow id is a no-op in DBOS, and it heals a
         # crash between storing the session and enqueueing it.
         await self._enqueue(status.session_id, status.workflow_type, status.priority)
@@ -346,7 +354,11 @@ class Engine:
     # Queries ------------------------------------------------------------------------------------------------
 
     async def status(self, session_id: str, tenant: str = "") -> WorkflowStatus:
-        status = await self._read(self.store.status, session_id)
+        status = self._finished.get(session_id)
+        if status is None:
+            status = await self._read(self.store.status, session_id)
+            if status is not None and status.state.terminal:
+                self._finished.put(session_id, status)
         if status is None or status.tenant != tenant:
             raise SessionNotFound(session_id)
         return status
@@ -406,6 +418,13 @@ class Engine:
         """Workflows whose body runs on this replica now."""
         return len(self._local)
 
+    def queued_counts(self) -> dict[str, int]:
+        """QUEUED workflows by type across all replicas, read from the store now. Blocking: for callers on
+        another thread (a metrics scrape), never the event loop. Empty while the engine is not running."""
+        if _current is not self:
+            return {}
+        return self.store.queued_counts()
+
     async def watch(self, session_id: str, after_sequence: int = 0, tenant: str = "") -> AsyncIterator[WorkflowEvent]:
         """Stored events after `after_sequence`, then live ones, with heartbeats while idle; ends after the
         terminal event. Subscribes before reading the store, then drops what it already sent: no gap, no
@@ -413,6 +432,14 @@ class Engine:
         if after_sequence < 0:
             raise InvalidArgument.field("after_sequence", "must not be negative")
         status = await self.status(session_id, tenant)
+        # Events are stored before anyone is sent them, so no client has seen a sequence past the stored last one.
+        # Following from there would skip the terminal event and never end (found by the fuzz tests).
+        if after_sequence > status.last_sequence:
+            raise InvalidArgument.field(
+                "after_sequence", f"is past the last event of this session ({status.last_sequence})"
+            )
+        if status.state.terminal and after_sequence == status.last_sequence:
+            return _no_events()  # it has ended, and the client has seen its terminal event
         return self._follow(status, after_sequence)
 
     async def _follow(self, status: WorkflowStatus, after: int) -> AsyncIterator[WorkflowEvent]:
@@ -440,12 +467,21 @@ class Engine:
                     yield event
                     if event.type.terminal:
                         return
-                # Same-replica events are pushed; others are polled at remote_poll_seconds.
-                wait = self.settings.remote_poll_seconds if session_id not in self._local else 1.0
+                # Events of a workflow running on this replica are pushed the moment they are stored; the store
+                # is read again only when nudged (the workflow stopped running here), for a heartbeat, or every
+                # remote_poll_seconds while the workflow is queued or runs on another replica.
+                wait = (
+                    self.settings.watch_heartbeat_seconds
+                    if session_id in self._local
+                    else self.settings.remote_poll_seconds
+                )
                 heartbeat_due = idle_since + self.settings.watch_heartbeat_seconds - time.monotonic()
                 try:
-                    pending = [await asyncio.wait_for(inbox.get(), timeout=max(0.0, min(wait, heartbeat_due)))]
-                    pending += inbox.drain()
+                    first = await asyncio.wait_for(inbox.get(), timeout=max(0.0, min(wait, heartbeat_due)))
+                    received = [first, *inbox.drain()]
+                    pending = [e for e in received if e is not None]
+                    if len(pending) < len(received):
+                        pending = await self._read(self.store.events_after, session_id, last)
                 except TimeoutError:
                     pending = await self._read(self.store.events_after, session_id, last)
                     if not pending and time.monotonic() - idle_since >= self.settings.watch_heartbeat_seconds:
@@ -471,43 +507,46 @@ class Engine:
             return "missing"
         task = asyncio.current_task()
         assert task is not None
+        # The body runs in a task of its own (DBOS's queue starts it): the ids set here reach every log line of
+        # its phases, the agents' included, and no other workflow's.
+        logcontext.session_id.set(session_id)
+        logcontext.request_id.set("")
         self._local[session_id] = task
         try:
             return await self._run_phases(session_id, request)
         finally:
             self._local.pop(session_id, None)
+            # Watchers stop waiting for pushes: whatever else happens to this session is written elsewhere.
+            self.hub.nudge(session_id)
 
     async def _run_phases(self, session_id: str, request: dict[str, Any]) -> str:
+        """The workflow body. Events that can wait are batched with the next one that cannot (a phase's
+        completion goes with the next phase's start): one store transaction per phase instead of two."""
         workflow_type = request["workflow_type"]
-        event, status = await self._emit(session_id, EventDraft("started", EventType.WORKFLOW_STARTED))
-        if status is None or status.state.terminal:
-            return "finished-before-start"
-        if event is not None:
-            wait = (event.time - status.created_at).total_seconds()
-            self.observer.workflow_started(workflow_type, wait)
+        pending = [EventDraft("started", EventType.WORKFLOW_STARTED)]
         try:
             definition = self.catalog.get(workflow_type)
         except OrchestratorError as exc:
-            return await self._fail(session_id, workflow_type, exc.message)
+            await self._emit_many(session_id, [*pending, _failed(exc.message)])
+            return "failed"
         configuration: dict[str, Any] = request["configuration"]
         skip = set(configuration.get("skip_phases", []))
         outputs: dict[str, dict[str, Any]] = {}
         usage = Usage()
         for phase in definition.phases:
             if phase.name in skip:
-                await self._emit(
-                    session_id,
+                pending.append(
                     EventDraft(
                         f"phase:{phase.name}:skipped",
                         EventType.PHASE_SKIPPED,
                         phase=phase.name,
                         message="skipped by configuration",
-                    ),
+                    )
                 )
                 continue
-            _, status = await self._emit(
-                session_id, EventDraft(f"phase:{phase.name}:started", EventType.PHASE_STARTED, phase=phase.name)
-            )
+            start = EventDraft(f"phase:{phase.name}:started", EventType.PHASE_STARTED, phase=phase.name)
+            status = await self._emit_many(session_id, [*pending, start])
+            pending = []
             if status is None or status.state.terminal:
                 return "interrupted"
             payload = PhaseRequest(
@@ -543,11 +582,15 @@ class Engine:
                     return "cancelled"
                 reason = _phase_error(exc, phase.max_attempts, phase.timeout_seconds)
                 self.observer.phase_finished(workflow_type, phase.name, "failed", time.monotonic() - started)
-                await self._emit(
-                    session_id,
-                    EventDraft(f"phase:{phase.name}:failed", EventType.PHASE_FAILED, phase=phase.name, message=reason),
+                failed_phase = EventDraft(
+                    f"phase:{phase.name}:failed",
+                    EventType.PHASE_FAILED,
+                    phase=phase.name,
+                    message=reason,
+                    usage=_usage_of_failure(exc),
                 )
-                return await self._fail(session_id, workflow_type, f"phase {phase.name} failed: {reason}")
+                await self._emit_many(session_id, [failed_phase, _failed(f"phase {phase.name} failed: {reason}")])
+                return "failed"
             result = PhaseResult.model_validate(raw)
             phase_usage = Usage(
                 input_tokens=result.usage.input_tokens,
@@ -559,36 +602,24 @@ class Engine:
             usage = usage.plus(phase_usage)
             outputs[phase.name] = result.output
             self.observer.phase_finished(workflow_type, phase.name, "completed", time.monotonic() - started)
-            _, status = await self._emit(
-                session_id,
+            pending = [
                 EventDraft(
                     f"phase:{phase.name}:completed",
                     EventType.PHASE_COMPLETED,
                     phase=phase.name,
                     data=result.output,
                     usage=phase_usage,
-                ),
-            )
-            if status is None or status.state.terminal:
-                return "interrupted"
+                )
+            ]
             over = _over_budget(configuration, usage)
             if over:
-                return await self._fail(session_id, workflow_type, over)
+                await self._emit_many(session_id, [*pending, _failed(over)])
+                return "failed"
         final = assemble_result(definition, outputs, usage)
-        event, _ = await self._emit(
-            session_id,
-            EventDraft("completed", EventType.WORKFLOW_COMPLETED, message="workflow completed", result=final),
-        )
-        if event is not None:
-            self.observer.workflow_finished(workflow_type, WorkflowState.COMPLETED.value)
-            self._durations.pop(workflow_type, None)
+        done = EventDraft("completed", EventType.WORKFLOW_COMPLETED, message="workflow completed", result=final)
+        await self._emit_many(session_id, [*pending, done])
+        self._durations.pop(workflow_type, None)
         return "completed"
-
-    async def _fail(self, session_id: str, workflow_type: str, message: str) -> str:
-        event, _ = await self._emit(session_id, EventDraft("failed", EventType.WORKFLOW_FAILED, message=message))
-        if event is not None:
-            self.observer.workflow_finished(workflow_type, WorkflowState.FAILED.value)
-        return "failed"
 
     async def _run_phase(self, session_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         request = PhaseRequest.model_validate(payload)
@@ -609,12 +640,26 @@ class Engine:
     async def _emit(
         self, session_id: str, draft: EventDraft, *, cancel: bool = False
     ) -> tuple[WorkflowEvent | None, WorkflowStatus | None]:
-        event, status = await self._write(functools.partial(self.store.append, cancel=cancel), session_id, draft)
-        if event is not None:
+        append = functools.partial(self.store.append_many, cancel=cancel)
+        events, status = await self._write(append, session_id, [draft])
+        self._published(events, status)
+        return (events[0] if events else None), status
+
+    async def _emit_many(self, session_id: str, drafts: list[EventDraft]) -> WorkflowStatus | None:
+        events, status = await self._write(self.store.append_many, session_id, drafts)
+        self._published(events, status)
+        return status
+
+    def _published(self, events: list[WorkflowEvent], status: WorkflowStatus | None) -> None:
+        """Pushes stored events to local watchers and tells the observer about starts and ends."""
+        for event in events:
             self.hub.publish(event)
-            if event.type is EventType.WORKFLOW_CANCELLED:
-                self.observer.workflow_finished(status.workflow_type if status else "", WorkflowState.CANCELLED.value)
-        return event, status
+            if status is None:
+                continue
+            if event.type is EventType.WORKFLOW_STARTED:
+                self.observer.workflow_started(status.workflow_type, (event.time - status.created_at).total_seconds())
+            elif event.type.terminal:
+                self.observer.workflow_finished(status.workflow_type, event.state.value)
 
     async def _is_cancelled(self, session_id: str) -> bool:
         return bool(await self._read(self.store.cancel_requested, [session_id]))
@@ -647,6 +692,8 @@ class Engine:
     async def _purge(self) -> None:
         before = time.time() - self.settings.retention_hours * 3600
         while ids := await self._write(self.store.purge_finished, before):
+            for session_id in ids:
+                self._finished.pop(session_id)
             with contextlib.suppress(Exception):
                 await DBOS.delete_workflows_async(ids)
             logger.info("purged %d finished sessions older than %.0f hours", len(ids), self.settings.retention_hours)
@@ -686,6 +733,27 @@ def assemble_result(definition: WorkflowDefinition, outputs: dict[str, dict[str,
         usage=usage,
         outputs=outputs,
     )
+
+
+def _usage_of_failure(exc: BaseException) -> Usage | None:
+    """What a failed phase consumed before it failed, when the agents could tell (tokens spent still count)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        used = getattr(cause, "usage", None)
+        if isinstance(cause, PhaseFailed | BudgetExceeded) and used is not None:
+            return Usage(
+                input_tokens=used.input_tokens,
+                output_tokens=used.output_tokens,
+                requests=used.requests,
+                cost_usd=used.cost_usd,
+                models=[used.model],
+            )
+        cause = cause.__cause__
+    return None
+
+
+def _failed(message: str) -> EventDraft:
+    return EventDraft("failed", EventType.WORKFLOW_FAILED, message=message)
 
 
 def _remaining(configuration: dict[str, Any], usage: Usage) -> Budget | None:
@@ -741,3 +809,8 @@ def _dbos_sqlite_engine(url: str) -> sa.Engine:
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     return engine
+
+
+async def _no_events() -> AsyncIterator[WorkflowEvent]:
+    return
+    yield  # an async generator that yields nothing

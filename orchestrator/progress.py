@@ -69,9 +69,9 @@ def apply(
         case EventType.PHASE_SKIPPED:
             set_phase(state=PhaseState.SKIPPED)
         case EventType.PHASE_FAILED:
+            # The workflow's failure, written with it, carries the error into `errors` once.
             set_phase(state=PhaseState.FAILED, finished_at=now, error=draft.message)
             update["current_phase"] = ""
-            errors.append(f"phase {draft.phase}: {draft.message}")
         case EventType.WORKFLOW_COMPLETED:
             update["result"] = draft.result
             update["current_phase"] = ""

@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from orchestrator.errors import IdempotencyConflict, InvalidArgument
+from orchestrator.errors import IdempotencyConflict, InvalidArgument, ResourceExhausted
 from orchestrator.models import (
     ListQuery,
     WorkflowEvent,
@@ -102,6 +102,7 @@ class Store:
         else:
             self._write = sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
             self._read = self._write
+        self._current: dict[str, WorkflowStatus] = {}  # the last status this process wrote, per running session
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)
@@ -117,14 +118,31 @@ class Store:
 
     # Writes -------------------------------------------------------------------------------------------------
 
-    def create_session(self, new: NewSession, first: EventDraft) -> tuple[WorkflowStatus, bool]:
+    def create_session(
+        self, new: NewSession, first: EventDraft, *, max_active: int | None = None
+    ) -> tuple[WorkflowStatus, bool]:
         """Inserts the session with its first event, or returns the existing one for the same request_id.
-        Raises IdempotencyConflict when the request_id belongs to a different request."""
+        Raises IdempotencyConflict when the request_id belongs to a different request, and ResourceExhausted
+        when the tenant already has `max_active` queued or running workflows (a retry of an accepted request
+        still gets its session)."""
         with self._write.begin() as conn:
             if new.request_id is not None:
                 existing = self._by_request_id(conn, new.tenant, new.request_id)
                 if existing is not None:
                     return self._same_request(existing, new), False
+            if max_active is not None:
+                if not self.is_sqlite:
+                    # Serialises one tenant's submissions for this transaction, so two replicas cannot both
+                    # admit the last free slot; SQLite's BEGIN IMMEDIATE already serialises every writer.
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(new.tenant))))
+                active = self._count_active(conn, new.tenant)
+                if active >= max_active:
+                    raise ResourceExhausted(
+                        f"this tenant already has {active} queued or running workflows (the limit is {max_active}); "
+                        "wait for some to finish or cancel some",
+                        retry_after_seconds=5.0,
+                        reason="TOO_MANY_ACTIVE_WORKFLOWS",
+                    )
             status, event = apply(new.status, first, 1, new.status.created_at)
             try:
                 with conn.begin_nested():
@@ -166,6 +184,20 @@ class Store:
         ).first()
 
     @staticmethod
+    def _count_active(conn: Connection, tenant: str) -> int:
+        active = (WorkflowState.QUEUED.value, WorkflowState.RUNNING.value)
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).where(sessions.c.tenant == tenant, sessions.c.state.in_(active))
+            ).scalar_one()
+        )
+
+    def count_active(self, tenant: str) -> int:
+        """Queued plus running workflows of one tenant."""
+        with self._read.connect() as conn:
+            return self._count_active(conn, tenant)
+
+    @staticmethod
     def _same_request(row: Any, new: NewSession) -> WorkflowStatus:
         if row.fingerprint != new.fingerprint:
             raise IdempotencyConflict(
@@ -177,43 +209,78 @@ class Store:
     def append(
         self, session_id: str, draft: EventDraft, *, cancel: bool = False
     ) -> tuple[WorkflowEvent | None, WorkflowStatus | None]:
-        """Appends one event and folds it into the status, in one transaction. Returns (None, status) when the
-        event's key is already stored or the workflow already finished: a replayed or late write changes
-        nothing. `cancel` also marks the session so the replica running it interrupts its phase."""
+        """Appends one event; see `append_many`. Returns the event, or None when nothing was written."""
+        written, status = self.append_many(session_id, [draft], cancel=cancel)
+        return (written[0] if written else None), status
+
+    def append_many(
+        self, session_id: str, drafts: list[EventDraft], *, cancel: bool = False
+    ) -> tuple[list[WorkflowEvent], WorkflowStatus | None]:
+        """Appends events in order and folds them into the status, in one transaction. A draft whose key is
+        already stored is skipped (a replayed write changes nothing); nothing is written once the workflow has
+        finished. `cancel` also marks the session so the replica running it interrupts its phase."""
         with self._write.begin() as conn:
-            query = sa.select(sessions.c.status_json).where(sessions.c.session_id == session_id)
+            query = sa.select(sessions.c.status_json, sessions.c.last_sequence).where(
+                sessions.c.session_id == session_id
+            )
             if not self.is_sqlite:
                 query = query.with_for_update()
             row = conn.execute(query).first()
             if row is None:
-                return None, None
-            status = WorkflowStatus.model_validate_json(row.status_json)
+                return [], None
+            # The status this process wrote last is still current unless another writer appended since: skip
+            # parsing the stored JSON, which grows with every phase output.
+            known = self._current.get(session_id)
+            if known is not None and known.last_sequence == row.last_sequence:
+                status = known
+            else:
+                status = WorkflowStatus.model_validate_json(row.status_json)
             if status.state.terminal:
-                return None, status
-            duplicate = conn.execute(
-                sa.select(events.c.sequence).where(events.c.session_id == session_id, events.c.key == draft.key)
-            ).first()
-            if duplicate is not None:
-                return None, status
-            sequence = status.last_sequence + 1
-            new, event = apply(status, draft, sequence, datetime.now(UTC))
-            conn.execute(
-                events.insert().values(
-                    session_id=session_id, sequence=sequence, key=draft.key, event_json=event.model_dump_json()
-                )
+                self._current.pop(session_id, None)
+                return [], status
+            stored = set(
+                conn.execute(
+                    sa.select(events.c.key).where(
+                        events.c.session_id == session_id, events.c.key.in_([d.key for d in drafts])
+                    )
+                ).scalars()
             )
+            written: list[WorkflowEvent] = []
+            rows: list[dict[str, Any]] = []
+            now = datetime.now(UTC)
+            for draft in drafts:
+                if draft.key in stored or status.state.terminal:
+                    continue
+                status, event = apply(status, draft, status.last_sequence + 1, now)
+                written.append(event)
+                rows.append(
+                    {
+                        "session_id": session_id,
+                        "sequence": event.sequence,
+                        "key": draft.key,
+                        "event_json": event.model_dump_json(),
+                    }
+                )
+            if not written and not cancel:
+                return [], status
+            if rows:
+                conn.execute(events.insert(), rows)
             values: dict[str, Any] = {
-                "state": new.state.value,
-                "updated_at": _ts(new.updated_at),
-                "last_sequence": sequence,
-                "status_json": new.model_dump_json(),
+                "state": status.state.value,
+                "updated_at": _ts(status.updated_at),
+                "last_sequence": status.last_sequence,
+                "status_json": status.model_dump_json(),
             }
-            if new.finished_at is not None:
-                values["finished_at"] = _ts(new.finished_at)
+            if status.finished_at is not None:
+                values["finished_at"] = _ts(status.finished_at)
             if cancel:
                 values["cancel_requested"] = True
             conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(**values))
-            return event, new
+        if status.state.terminal:
+            self._current.pop(session_id, None)
+        else:
+            self._current[session_id] = status
+        return written, status
 
     def purge_finished(self, before: float, limit: int = 500) -> list[str]:
         with self._write.begin() as conn:
@@ -302,6 +369,16 @@ class Store:
                     sa.select(sessions.c.session_id).where(sessions.c.state == WorkflowState.QUEUED.value)
                 ).scalars()
             )
+
+    def queued_counts(self) -> dict[str, int]:
+        """QUEUED sessions by workflow type, in the whole database (every replica): one indexed count."""
+        query = (
+            sa.select(sessions.c.workflow_type, sa.func.count())
+            .where(sessions.c.state == WorkflowState.QUEUED.value)
+            .group_by(sessions.c.workflow_type)
+        )
+        with self._read.connect() as conn:
+            return {workflow_type: int(count) for workflow_type, count in conn.execute(query)}
 
     def mean_duration(self, workflow_type: str, runs: int = 20) -> float | None:
         """Mean seconds from submission to completion over the latest `runs` completed runs of a type."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
@@ -40,9 +41,11 @@ class App:
         metrics = ServiceMetrics(self.registry)
         runner = self.runner
         if runner is None:
-            runner = self._own_runner = PhaseRunner(settings.agents)
-        self.engine = Engine(settings, load_catalog(settings.workflow_types_dir), runner, metrics)
-        metrics.track_running(lambda: self.engine.running_count() if self.engine else 0)
+            runner = self._own_runner = PhaseRunner(settings.agents, observer=metrics)
+        catalog = load_catalog(settings.workflow_types_dir)
+        self.engine = engine = Engine(settings, catalog, runner, metrics)
+        metrics.track_running(engine.running_count)
+        metrics.track_queued(engine.queued_counts, catalog.names())
         self._health = health.aio.HealthServicer()
         await set_serving(self._health, False)
         self._server, self.grpc_port = build_server(settings, self.engine, metrics, self._health)
@@ -55,7 +58,8 @@ class App:
         if settings.envoy:
             await self._start_envoy()
         logger.info(
-            "serving gRPC on %s:%d, metrics on :%d%s",
+            "serving gRPC%s on %s:%d, metrics on :%d%s",
+            " (mutual TLS)" if settings.tls.mutual else " (TLS)" if settings.tls.enabled else "",
             settings.host,
             self.grpc_port,
             self.metrics_port,
@@ -66,15 +70,25 @@ class App:
         from gateway.config import GatewayOptions
         from gateway.sidecar import EnvoySidecar
 
+        settings = self.settings
+        tls = settings.tls
         options = GatewayOptions(
-            listen_host=self.settings.host,
-            listen_port=self.settings.http_port,
+            listen_host=settings.host,
+            listen_port=settings.http_port,
             admin_host="127.0.0.1",
-            admin_port=self.settings.envoy_admin_port,
-            grpc_host=self.settings.host,
+            admin_port=settings.envoy_admin_port,
+            grpc_host=settings.host,
             grpc_port=self.grpc_port,
-            metrics_host=self.settings.host,
+            metrics_host=settings.host,
             metrics_port=self.metrics_port,
+            allowed_hosts=settings.allowed_hosts,
+            cors_allowed_origins=settings.cors_allowed_origins,
+            # One limit for both doors: REST bodies at Envoy, gRPC messages at the server.
+            max_request_bytes=settings.max_request_bytes,
+            upstream_ca_file=_absolute(tls.ca_file),
+            upstream_cert_file=_absolute(tls.envoy_cert_file),
+            upstream_key_file=_absolute(tls.envoy_key_file),
+            upstream_server_name=tls.server_name,
         )
         sidecar = EnvoySidecar(options, work_dir=self.settings.data_dir / "envoy")
         await sidecar.start()
@@ -102,6 +116,10 @@ class App:
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else path.resolve()
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

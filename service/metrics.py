@@ -2,67 +2,203 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import grpc
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orchestrator.agents.observer import ModelOutcome, SandboxOutcome
+from service import docs
+
+logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_MODEL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_SANDBOX_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+# grpc_code values as go-grpc-prometheus writes them (Go's codes.Code.String()), so that the community's gRPC
+# dashboards and alerts (e.g. grpc_code=~"Unknown|Internal|Unavailable|DataLoss|DeadlineExceeded") work unchanged.
+GRPC_CODE_LABELS: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+
+# Model ids come from each request's configuration, so a client could mint new label values at will. The first
+# ones seen are kept (operators configure a handful), every later one is counted as OTHER_MODEL.
+MAX_MODEL_LABELS = 50
+OTHER_MODEL = "other"
 
 
 class ServiceMetrics:
-    """The standard gRPC server metrics (go-grpc-prometheus names) and the engine's domain metrics."""
+    """The standard gRPC server metrics (go-grpc-prometheus names and labels), the engine's and the agents' domain
+    metrics, and the process metrics. Implements `EngineObserver` and `AgentObserver`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         grpc_labels = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", grpc_labels, registry=registry
+            "grpc_server_started_total", "Total number of RPCs started on the server.", grpc_labels, registry=registry
         )
         self.handled = Counter(
             "grpc_server_handled_total",
-            "RPCs completed on the server, by code.",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
             [*grpc_labels, "grpc_code"],
             registry=registry,
         )
         self.handling = Histogram(
             "grpc_server_handling_seconds",
-            "Time to handle an RPC.",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
             grpc_labels,
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.msg_received = Counter(
-            "grpc_server_msg_received_total", "Stream messages received.", grpc_labels, registry=registry
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            grpc_labels,
+            registry=registry,
         )
-        self.msg_sent = Counter("grpc_server_msg_sent_total", "Stream messages sent.", grpc_labels, registry=registry)
+        self.msg_sent = Counter(
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            grpc_labels,
+            registry=registry,
+        )
+
         self.submitted = Counter(
-            "orchestrator_workflows_submitted_total", "Workflows accepted.", ["workflow_type"], registry=registry
+            "orchestrator_workflows_submitted_total",
+            "Workflows accepted on this replica (idempotent repeats excluded).",
+            ["workflow_type"],
+            registry=registry,
         )
         self.finished = Counter(
             "orchestrator_workflows_finished_total",
-            "Workflows that ended, by final state.",
+            "Workflows that ended, by final state (completed, failed, cancelled), counted by the replica that ended "
+            "them.",
             ["workflow_type", "state"],
             registry=registry,
         )
         self.queue_wait = Histogram(
             "orchestrator_queue_wait_seconds",
-            "Time from submission to start.",
+            "Time from submission to the start of the workflow, observed by the replica that started it.",
             ["workflow_type"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=_QUEUE_BUCKETS,
             registry=registry,
         )
         self.phase_duration = Histogram(
             "orchestrator_phase_duration_seconds",
-            "Duration of a phase, by outcome.",
+            "Duration of a phase (every attempt of its step), by outcome (completed, failed).",
             ["workflow_type", "phase", "outcome"],
             buckets=_PHASE_BUCKETS,
             registry=registry,
         )
-        self.watch_streams = Gauge("orchestrator_watch_streams_open", "Open WatchWorkflow streams.", registry=registry)
-        self.running = Gauge("orchestrator_workflows_running", "Workflows running on this replica.", registry=registry)
+        self.watch_streams = Gauge(
+            "orchestrator_watch_streams_open", "Open WatchWorkflow streams on this replica.", registry=registry
+        )
+        self.running = Gauge(
+            "orchestrator_workflows_running",
+            "Workflows running on this replica now; sum over replicas for the total.",
+            registry=registry,
+        )
+
+        self.model_requests = Counter(
+            "orchestrator_model_requests_total",
+            "Model request attempts (each retry counts), by outcome: ok, rate_limited, quota_exceeded, "
+            "server_error, client_error, timeout, connection, error.",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.model_latency = Histogram(
+            "orchestrator_model_request_duration_seconds",
+            "Latency of one model request attempt, without the wait for a slot under the provider's cap.",
+            ["model"],
+            buckets=_MODEL_BUCKETS,
+            registry=registry,
+        )
+        self.model_retries = Counter(
+            "orchestrator_model_retries_total",
+            "Model request attempts that failed and are retried after a backoff, by reason.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.model_tokens = Counter(
+            "orchestrator_model_tokens_total",
+            "Tokens of metered model responses, by token_type (input, output).",
+            ["model", "token_type"],
+            registry=registry,
+        )
+        self.model_cost = Counter(
+            "orchestrator_model_cost_usd_total",
+            "Cost of metered model responses in US dollars, from the operator's price table (0 when unpriced).",
+            ["model"],
+            registry=registry,
+        )
+        self.sandbox_runs = Counter(
+            "orchestrator_sandbox_runs_total",
+            "Sandboxed test runs, by outcome: passed, failed, error, timeout, unavailable (the sandbox refused).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.sandbox_duration = Histogram(
+            "orchestrator_sandbox_run_duration_seconds",
+            "Wall-clock duration of one sandboxed test run.",
+            buckets=_SANDBOX_BUCKETS,
+            registry=registry,
+        )
+        self._models: set[str] = set()
+        self._models_lock = threading.Lock()
+
+        # The process metrics prometheus_client puts on its global registry, here on ours.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+    def initialize_methods(self, methods: Iterable[tuple[str, str, str]]) -> None:
+        """Creates every series of these (grpc_type, grpc_service, grpc_method) at zero, as go-grpc-prometheus does,
+        so that rates and alerts see a method before its first call, and every code before its first error."""
+        for labels in methods:
+            self.started.labels(*labels)
+            self.handling.labels(*labels)
+            self.msg_received.labels(*labels)
+            self.msg_sent.labels(*labels)
+            for code in GRPC_CODE_LABELS.values():
+                self.handled.labels(*labels, code)
+
+    def rpc_handled(self, grpc_type: str, service: str, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.handled.labels(grpc_type, service, method, GRPC_CODE_LABELS.get(code, "Unknown")).inc()
+        self.handling.labels(grpc_type, service, method).observe(seconds)
 
     # EngineObserver
     def workflow_submitted(self, workflow_type: str) -> None:
@@ -80,17 +216,81 @@ class ServiceMetrics:
     def track_running(self, count: Callable[[], int]) -> None:
         self.running.set_function(lambda: float(count()))
 
+    def track_queued(self, counts: Callable[[], dict[str, int]], workflow_types: Sequence[str]) -> None:
+        """orchestrator_workflows_queued{workflow_type}, read from the database at scrape time."""
+        self.registry.register(_QueuedCollector(counts, tuple(workflow_types)))
+
+    # AgentObserver
+    def model_request(self, model: str, outcome: ModelOutcome, seconds: float) -> None:
+        label = self._model_label(model)
+        self.model_requests.labels(label, outcome).inc()
+        self.model_latency.labels(label).observe(seconds)
+
+    def model_retry(self, model: str, reason: ModelOutcome) -> None:
+        self.model_retries.labels(self._model_label(model), reason).inc()
+
+    def model_usage(self, model: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        label = self._model_label(model)
+        self.model_tokens.labels(label, "input").inc(max(0, input_tokens))
+        self.model_tokens.labels(label, "output").inc(max(0, output_tokens))
+        self.model_cost.labels(label).inc(max(0.0, cost_usd))
+
+    def sandbox_run(self, outcome: SandboxOutcome, seconds: float) -> None:
+        self.sandbox_runs.labels(outcome).inc()
+        self.sandbox_duration.observe(max(0.0, seconds))
+
+    def _model_label(self, model: str) -> str:
+        with self._models_lock:
+            if model in self._models:
+                return model
+            if len(self._models) < MAX_MODEL_LABELS:
+                self._models.add(model)
+                return model
+        return OTHER_MODEL
+
+
+class _QueuedCollector(Collector):
+    """Counts QUEUED workflows when scraped: one indexed query on the scrape thread, never on the event loop.
+    The count is the whole database's, the same on every replica: aggregate with max(), not sum()."""
+
+    NAME = "orchestrator_workflows_queued"
+    HELP = (
+        "Workflows waiting in the queue, across all replicas (read from the shared database at scrape time: "
+        "every replica reports the same value, aggregate with max, not sum)."
+    )
+
+    def __init__(self, counts: Callable[[], dict[str, int]], workflow_types: tuple[str, ...]) -> None:
+        self._counts = counts
+        self._types = workflow_types
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["workflow_type"])]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["workflow_type"])
+        try:
+            counts = self._counts()
+        except Exception as exc:  # a scrape must not fail for it: the series go missing, which alerts can see
+            logger.warning("could not count queued workflows for metrics: %s", type(exc).__name__)
+            yield family
+            return
+        for workflow_type in sorted({*self._types, *counts}):
+            family.add_metric([workflow_type], float(counts.get(workflow_type, 0)))
+        yield family
+
 
 class MetricsServer:
-    """Serves GET /metrics (and later the API docs) over plain HTTP on its own thread."""
+    """Serves GET /metrics and the API docs (/openapi.json, /docs/; service/docs.py) over plain HTTP on its own
+    thread."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         registry_ref = registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "not found")
+                path = self.path.split("?", 1)[0]
+                if path != "/metrics":
+                    self._reply_docs(path)
                     return
                 body = generate_latest(registry_ref)
                 self.send_response(200)
@@ -98,6 +298,18 @@ class MetricsServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _reply_docs(self, path: str) -> None:
+                reply = docs.shared().reply(path)
+                if reply is None:
+                    self.send_error(404, "not found")
+                    return
+                self.send_response(reply.status)
+                for name, value in reply.headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes every few seconds would drown the log

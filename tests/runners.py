@@ -47,7 +47,8 @@ class ScriptedRunner:
             self.cancelled.append(key)
             raise
         if request.phase in self._failures:
-            raise PhaseFailed(self._failures[request.phase])
+            spent = PhaseUsage(input_tokens=7, output_tokens=3, requests=2, cost_usd=0.0, model="scripted")
+            raise PhaseFailed(self._failures[request.phase], usage=spent)
         output: dict[str, Any] = {"phase": request.phase, "role": request.role, "inputs": sorted(request.inputs)}
         if request.role == "engineer":
             output["files"] = [{"path": "app.py", "language": "python", "content": "print('hi')\n"}]

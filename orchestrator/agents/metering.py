@@ -7,6 +7,7 @@ import logging
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.agents.errors import BudgetExceeded
+from orchestrator.agents.observer import AgentObserver, NullAgentObserver
 from orchestrator.agents.settings import AgentSettings
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,11 @@ class PhaseUsage(BaseModel):
 class UsageMeter:
     """Adds up every model response of a phase (retries included) and enforces the budget after each one."""
 
-    def __init__(self, settings: AgentSettings, budget: Budget | None, model: str) -> None:
+    def __init__(
+        self, settings: AgentSettings, budget: Budget | None, model: str, observer: AgentObserver | None = None
+    ) -> None:
         self._settings = settings
+        self._observer = observer or NullAgentObserver()
         self._budget = budget
         self._models: list[str] = [model]
         self.input_tokens = 0
@@ -93,12 +97,14 @@ class UsageMeter:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         price = self._settings.price_of(model)
+        cost = 0.0
         if price is None:
             if model not in _warned_unpriced:
                 _warned_unpriced.add(model)
                 logger.warning("no price for model %s: its cost is reported as 0", model)
         else:
-            self.cost_usd += (
-                input_tokens * price.input_usd_per_mtok + output_tokens * price.output_usd_per_mtok
-            ) / 1_000_000
+            cost = (input_tokens * price.input_usd_per_mtok + output_tokens * price.output_usd_per_mtok) / 1_000_000
+        self.cost_usd += cost
+        # Reported before the budget check: tokens spent are spent, even by the response that broke the budget.
+        self._observer.model_usage(model, input_tokens, output_tokens, cost)
         self.check()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,11 +32,12 @@ from pydantic_ai.settings import ModelSettings
 
 from orchestrator.agents.errors import PhaseFailed
 from orchestrator.agents.metering import UsageMeter
+from orchestrator.agents.observer import AgentObserver, ModelOutcome, NullAgentObserver
 from orchestrator.agents.settings import AgentSettings, parse_model_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProviderClients", "ResilientModel", "backoff_delay", "is_retryable", "public_url"]
+__all__ = ["ProviderClients", "ResilientModel", "backoff_delay", "failure_kind", "is_retryable", "public_url"]
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -81,6 +83,24 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random, 
     return delay
 
 
+def failure_kind(exc: BaseException) -> ModelOutcome:
+    """The category of a failed model request, for metrics: a closed set, never the provider's text."""
+    status = exc.status_code if isinstance(exc, ModelHTTPError) else None
+    if isinstance(exc, ModelQuotaExceededError):
+        return "quota_exceeded"
+    if isinstance(exc, ModelRateLimitError) or status == 429:
+        return "rate_limited"
+    if isinstance(exc, TimeoutError | ModelRequestTimeout) or status == 408:
+        return "timeout"
+    if isinstance(exc, ModelConnectionError):
+        return "connection"
+    if isinstance(exc, ModelServerError | ModelUnavailableError) or (status is not None and status >= 500):
+        return "server_error"
+    if status is not None or isinstance(exc, ModelAPIError):
+        return "client_error"
+    return "error"
+
+
 def describe_failure(exc: BaseException, timeout_s: float) -> str:
     """What went wrong, for a user: status and category only, never the provider's body (it may echo keys)."""
     if isinstance(exc, ModelHTTPError):
@@ -123,6 +143,7 @@ class ResilientModel(WrapperModel):
         settings: AgentSettings,
         sleep: Sleep,
         rng: random.Random,
+        observer: AgentObserver | None = None,
     ) -> None:
         super().__init__(wrapped)
         # Not `_settings`: pydantic-ai models keep their ModelSettings under that name.
@@ -132,6 +153,7 @@ class ResilientModel(WrapperModel):
         self._agent_settings = settings
         self._sleep = sleep
         self._rng = rng
+        self._observer = observer or NullAgentObserver()
 
     async def _attempt(
         self,
@@ -139,12 +161,28 @@ class ResilientModel(WrapperModel):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
-        # The timeout covers the request, not the wait for a free slot under the provider's cap.
+        # The timeout (and the latency observed) covers the request, not the wait for a free slot under the
+        # provider's cap.
         if self._semaphore is None:
+            return await self._timed(messages, model_settings, model_request_parameters)
+        async with self._semaphore:
+            return await self._timed(messages, model_settings, model_request_parameters)
+
+    async def _timed(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        started = time.monotonic()
+        try:
             async with asyncio.timeout(self._agent_settings.request_timeout_s):
-                return await self.wrapped.request(messages, model_settings, model_request_parameters)
-        async with self._semaphore, asyncio.timeout(self._agent_settings.request_timeout_s):
-            return await self.wrapped.request(messages, model_settings, model_request_parameters)
+                response = await self.wrapped.request(messages, model_settings, model_request_parameters)
+        except Exception as exc:  # observed and re-raised; cancellation is not an outcome of the model
+            self._observer.model_request(self._model_id, failure_kind(exc), time.monotonic() - started)
+            raise
+        self._observer.model_request(self._model_id, "ok", time.monotonic() - started)
+        return response
 
     async def request(
         self,
@@ -183,6 +221,7 @@ class ResilientModel(WrapperModel):
                     describe_failure(exc, self._agent_settings.request_timeout_s),
                     delay,
                 )
+                self._observer.model_retry(self._model_id, failure_kind(exc))
                 await self._sleep(delay)
                 continue
             usage = response.usage

@@ -293,6 +293,9 @@ async def test_a_failing_phase_fails_the_workflow_with_its_error(
     assert status.state == enums.WORKFLOW_STATE_FAILED
     assert status.phases[1].state == enums.PHASE_STATE_FAILED
     assert "invalid output" in status.phases[1].error
+    assert [e for e in status.errors if "invalid output" in e] == [events[-1].message]  # reported once
+    # The tokens of the completed phase and of the failed one both count.
+    assert (status.usage.input_tokens, status.usage.output_tokens, status.usage.requests) == (10 + 7, 5 + 3, 1 + 2)
     assert runner.counts[(response.session_id, "design")] == 1  # PhaseFailed is final: the runner retried already
 
 
