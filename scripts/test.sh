@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need (a venv, the package with its dev tools, buf from npm) and runs every check:
+# Sets up everything the tests need (a venv, the package with its dev tools, buf and swagger2openapi from npm,
+# protoc-gen-swagger from Debian, the Node.js example's packages) and runs every check:
 # contract lint and breaking-change check, generated-file drift, ruff, mypy, Envoy config validation, pytest.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
@@ -11,12 +12,40 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+# The `llm` tests serve a real model with llama.cpp: installed here (compiled once, then from pip's cache), they
+# must run, not skip.
+bash .ci/llama.sh
+export ORCHESTRATOR_REQUIRE_LLM=1
 export PATH="$PWD/.venv/bin:$PATH"
 
 if [ ! -x .ci/tools/node_modules/.bin/buf ]; then
   npm install --silent --no-audit --no-fund --prefix .ci/tools @bufbuild/buf@1.75.0 >/dev/null
 fi
 BUF=.ci/tools/node_modules/.bin/buf
+# docs/openapi.json is made by Debian's protoc-gen-swagger and npm's swagger2openapi (scripts/generate.py).
+if [ ! -x /usr/bin/protoc-gen-swagger ] && ! command -v protoc-gen-swagger >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "protoc-gen-swagger is missing: sudo apt-get install golang-grpc-gateway" >&2
+    exit 1
+  fi
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-grpc-gateway >/dev/null
+fi
+if [ ! -x .ci/tools/node_modules/.bin/swagger2openapi ]; then
+  npm install --silent --no-audit --no-fund --prefix .ci/tools swagger2openapi@7.0.8 >/dev/null
+fi
+# Prometheus and promtool (Debian's package): a real Prometheus scrapes the service in the tests, and promtool
+# checks the metrics output and deploy/prometheus.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "prometheus is missing: sudo apt-get install prometheus" >&2
+    exit 1
+  fi
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+# The Node.js client example runs against the real server in the tests.
+(cd clients/node && npm ci --silent --no-audit --no-fund >/dev/null)
 
 echo "== buf lint"
 "$BUF" lint
@@ -34,6 +63,8 @@ echo "== envoy --mode validate"
 python -m gateway render --grpc-port 50051 --metrics-port 9464 > .ci/envoy-rendered.yaml
 python -m gateway validate .ci/envoy-rendered.yaml
 echo "== pytest"
+# The run includes the `fuzz` tests (schemathesis over REST from docs/openapi.json, hypothesis over gRPC; bounded
+# to well under two minutes); `scripts/test.sh -m 'not fuzz'` leaves them out of a quick local run.
 status=0
 python -m pytest -q -p no:cacheprovider "$@" || status=$?
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
