@@ -295,6 +295,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Child processes (Envoy, the sandbox) run elsewhere: a relative path must mean the directory it meant here.
+        return value.expanduser().resolve()
+
     @field_validator("replica_id")
     @classmethod
     def _replica_id_shape(cls, value: str) -> str:

@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+.venv/bin/python -m pip install --quiet -e . >/dev/null 2>&1 || .venv/bin/python -m pip install -e .
 export PATH="$PWD/.venv/bin:$PATH"
 
 HTTP_PORT=${ORCHESTRATOR_HTTP_PORT:-8080}
@@ -37,29 +37,10 @@ echo "$response"
 session=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["session_id"])' "$response")
 
 echo "== GET $base/workflow-events/$session (NDJSON, live)"
-curl -fsSN "$base/workflow-events/$session" | python -c '
-import json, sys
-for line in sys.stdin:
-    e = json.loads(line)
-    if e["type"] == "EVENT_TYPE_HEARTBEAT":
-        continue
-    bar = "#" * (e["progress"] // 5) + "." * (20 - e["progress"] // 5)
-    kind = e["type"].removeprefix("EVENT_TYPE_").lower()
-    print(f"[{bar}] {e[\"progress\"]:3d}%  #{e[\"sequence\"]:<3} {kind} {e[\"phase\"]}  {e[\"message\"][:90]}", flush=True)
-'
+curl -fsSN "$base/workflow-events/$session" | python scripts/quickstart_view.py events
 
 echo "== GET $base/workflow-status/$session"
-curl -fsS "$base/workflow-status/$session" | python -c '
-import json, sys
-s = json.load(sys.stdin)
-r = s.get("result", {})
-print("state:", s["state"], " progress:", s["progress"], " phases:", ", ".join(s["phases_completed"]))
-for f in r.get("generated_code", []):
-    print("  file:", f["path"], f"({len(f[\"content\"])} bytes)")
-t = r.get("test_report", {})
-print("tests in the sandbox:", t.get("passed", 0), "passed,", t.get("failed", 0), "failed")
-print("usage:", r.get("usage"))
-'
+curl -fsS "$base/workflow-status/$session" | python scripts/quickstart_view.py status
 if [ "${1:-}" = "--once" ]; then
   exit 0
 fi
