@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
@@ -132,13 +130,12 @@ class EnvoySidecar:
         # Popen, not asyncio's subprocess API: spawning does not block for long, and polling the Popen keeps
         # stop() usable from any event loop (module-scoped test fixtures, a CLI's own loop).
         self._process = subprocess.Popen(
-            command,
+            [*_die_with_parent(), *command],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=work_dir,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),
         )
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -337,28 +334,18 @@ async def _wait_exit(process: subprocess.Popen[bytes], seconds: float) -> bool:
     return True
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to SIGTERM the child when its parent dies (PR_SET_PDEATHSIG).
+def _die_with_parent() -> list[str]:
+    """A command prefix asking Linux to SIGTERM Envoy when its parent dies (PR_SET_PDEATHSIG), if util-linux's
+    setpriv is there; best effort.
 
-    Best effort and Linux only. prctl is looked up here, in the parent, so the forked child only makes the
-    call. The signal fires when the *thread* that forked exits, which is why start() spawns from the event
-    loop's thread and never from a worker thread.
+    Not a preexec_fn: running Python in a child forked from a process with gRPC's threads can deadlock or abort
+    (it did: exit -6). setpriv sets the signal and execs Envoy, and the setting survives that exec. It fires
+    when the *thread* that spawned the child exits, which is why start() spawns from the event loop's thread.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
+    setpriv = shutil.which("setpriv")
+    if not sys.platform.startswith("linux") or setpriv is None:
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def _envoy_reason(output: str) -> str:

@@ -66,6 +66,7 @@ echo "== pytest"
 # The run includes the `fuzz` tests (schemathesis over REST from docs/openapi.json, hypothesis over gRPC; bounded
 # to well under two minutes); `scripts/test.sh -m 'not fuzz'` leaves them out of a quick local run.
 status=0
-python -m pytest -q -p no:cacheprovider "$@" || status=$?
+# Each test has its own timeout (pytest-timeout); this one bounds the whole run, so a hang cannot eat CI's hour.
+timeout --kill-after=30 1500 python -m pytest -q -p no:cacheprovider "$@" || status=$?
 # pytest exits 5 when it collected no tests: that is a failure here, not a pass.
 exit $status
