@@ -193,7 +193,8 @@ class Engine:
                 QUEUE_NAME,
                 global_concurrency=limit,
                 worker_concurrency=self.settings.max_running_per_replica or limit,
-                partition_concurrency=self.settings.max_running_per_type or limit,
+                # Partitioning by workflow type costs a query per partition on every poll: only when asked for.
+                partition_concurrency=self.settings.max_running_per_type,
                 polling_interval_sec=self.settings.queue_poll_seconds,
                 on_conflict="always_update",
             )
@@ -322,7 +323,10 @@ class Engine:
     async def _enqueue(self, session_id: str, workflow_type: str, priority: Any) -> None:
         with (
             SetWorkflowID(session_id),
-            SetEnqueueOptions(priority=QUEUE_PRIORITY[priority], queue_partition_key=workflow_type),
+            SetEnqueueOptions(
+                priority=QUEUE_PRIORITY[priority],
+                queue_partition_key=workflow_type if self.settings.max_running_per_type else None,
+            ),
         ):
             await DBOS.enqueue_workflow_async(QUEUE_NAME, run_workflow, session_id)
 
