@@ -1,6 +1,9 @@
 """Runs the benchmark suite and prints a table of figures and ratios measured side by side in this run.
 
-    python -m bench [--only floors,engine,events,kill,scale,postgres,startup] [--quick] [--json FILE]
+    python -m bench [--only floors,engine,events,kill,scale,postgres,startup] [--peers] [--quick] [--json FILE]
+
+`--peers` (or `--only peers`) adds LangGraph's local Agent Server and Prefect's server under the same loads; they
+are installed on first use into venvs under ~/.cache/orchestrator-bench-peers ($ORCHESTRATOR_BENCH_PEERS_CACHE).
 
 Every server, load generator and floor runs in its own process on loopback. The machine is shared and noisy:
 read the ratios, which compare things measured minutes apart in the same run, before the absolute numbers.
@@ -22,7 +25,10 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.peers.run import Counts
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -310,6 +316,17 @@ def events(tmp: Path, quick: bool) -> list[tuple[str, str, str]]:
 
 
 def kill(tmp: Path, quick: bool) -> list[tuple[str, str, str]]:
+    result = _kill_run(tmp)
+    return [
+        (
+            f"kill -9 with 40 workflows ({result['states']} at the kill), restart",
+            _kill_figure(result),
+            "target: 0 lost, 0 re-run (peers lose them or leave zombies)",
+        )
+    ]
+
+
+def _kill_run(tmp: Path) -> dict[str, Any]:
     from orchestrator.store import Store
 
     data, calls = tmp / "kill", tmp / "kill-calls.log"
@@ -330,13 +347,14 @@ def kill(tmp: Path, quick: bool) -> list[tuple[str, str, str]]:
     completed = sum(s["state"] == "WORKFLOW_STATE_COMPLETED" for s in statuses.values())
     runs = Counter(tuple(line.split()) for line in calls.read_text().splitlines())
     rerun = sum(1 for key in done if runs[key] > 1)
-    return [
-        (
-            f"kill -9 with 40 workflows ({dict(states)} at the kill), restart",
-            f"{completed}/40 completed, {40 - completed} lost, {rerun} of {len(done)} completed phases re-run",
-            "target: 0 lost, 0 re-run (peers lose them or leave zombies)",
-        )
-    ]
+    return {"states": dict(states), "completed": completed, "lost": 40 - completed, "rerun": rerun, "done": len(done)}
+
+
+def _kill_figure(result: dict[str, Any]) -> str:
+    return (
+        f"{result['completed']}/40 completed, {result['lost']} lost, "
+        f"{result['rerun']} of {result['done']} completed phases re-run"
+    )
 
 
 def scale(tmp: Path, quick: bool) -> list[tuple[str, str, str]]:
@@ -455,6 +473,182 @@ def startup(tmp: Path, quick: bool) -> list[tuple[str, str, str]]:
     ]
 
 
+def peers(tmp: Path, quick: bool) -> list[tuple[str, str, str]]:
+    """LangGraph's local Agent Server and Prefect's server (bench/peers/, each in its own venv, installed on first
+    use) and this service, measured one after another in this run with the same load shapes; ratios are ours /
+    peer. Only when asked for: `--peers` or `--only peers`."""
+    from bench.peers import run as peer_run
+    from bench.peers import setup as peer_setup
+
+    tmp = tmp / "peers"
+    tmp.mkdir()
+    counts = peer_run.counts(quick)
+    seconds = 3 if quick else 6
+
+    def reads(url: str) -> dict[str, float] | None:
+        return wrk(url, 20, seconds)
+
+    ours: dict[str, Any] = {}
+    try:
+        _ours_for_peers(tmp, counts, seconds, peer_run.EVENTS_DELAY, ours)
+    except Exception as exc:  # the peers' figures still count
+        ours["error"] = f"{type(exc).__name__}: {exc}"
+    cache = peer_setup.cache_dir()
+    theirs = {name: measure(tmp, quick, reads, cache) for name, measure in peer_run.MEASURES.items()}
+    return _peer_rows(ours, theirs, counts)
+
+
+def _ours_for_peers(tmp: Path, counts: Counts, seconds: int, events_delay: float, out: dict[str, Any]) -> None:
+    server = Server(tmp / "ours").start()
+    try:
+        load("workflows", "--target", server.target, "--count", "5", "--concurrency", "1")  # warm-up
+        out["lone"] = load("workflows", "--target", server.target, "--count", str(counts["lone"]), "--concurrency", "1")
+        out["throughput"] = load(
+            "workflows", "--target", server.target, "--count", str(counts["throughput"]), "--concurrency", "20"
+        )
+        seeded = load("submit", "--target", server.target, "--count", "1", "--concurrency", "1")["session_ids"][0]
+        wait_all(server.target, [seeded], 30)
+        out["reads"] = {
+            "REST via Envoy": wrk(f"http://127.0.0.1:{server.http_port}/workflow-status/{seeded}", 20, seconds),
+            "gRPC": load(
+                "unary", "--target", server.target, "--method", "status", "--session", seeded,
+                "--concurrency", "20", "--seconds", str(seconds),
+            ),
+        }  # fmt: skip
+    finally:
+        server.stop()
+    server = Server(tmp / "ours-events", "--delay", str(events_delay)).start()
+    try:
+        out["events"] = {}
+        for transport in ("gRPC", "SSE via Envoy"):
+            session = load("submit", "--target", server.target, "--count", "1", "--concurrency", "1")["session_ids"][0]
+            if transport == "gRPC":
+                args: tuple[str, ...] = ("watchers", "--target", server.target)
+            else:
+                args = ("sse", "--url", f"http://127.0.0.1:{server.http_port}")
+            out["events"][transport] = collect(load_async(*args, "--session", session, "--count", "1"))
+    finally:
+        server.stop()
+    out["kill"] = _kill_run(tmp)
+
+
+# How each system runs the workflow in each measurement (bench/peers/run.py says why).
+PEER_HOW = {
+    "LangGraph": {
+        "runs": "LangGraph dev server, runs.wait",
+        "events": "LangGraph, runs.stream updates (SSE)",
+        "kill": "LangGraph dev server, 20 jobs",
+    },
+    "Prefect": {
+        "runs": "Prefect, in-process async flow + server",
+        "events": "Prefect, events websocket, task Completed",
+        "kill": "Prefect, server + flow.serve(limit=20)",
+    },
+}
+
+
+def _peer_rows(ours: dict[str, Any], theirs: dict[str, dict[str, Any]], counts: Counts) -> list[tuple[str, str, str]]:
+    from bench.peers.setup import REQUIREMENTS
+
+    pins = "; ".join(re.sub(r"\[.*\]", "", r) for rs in REQUIREMENTS.values() for r in rs if "==" in r)
+    rows: list[tuple[str, str, str]] = [("Peers, each in its own venv, one after another", pins, "ratios: ours / peer")]
+    measured = {name: t for name, t in theirs.items() if "startup" in t}
+    for name, t in theirs.items():
+        if name not in measured:
+            rows.append((f"{name}: not measured", t.get("error", "?")[:160], ""))
+
+    def ratio(mine: float | None, peer: float | None, unit: str = "x") -> str:
+        if not mine or not peer or mine != mine or peer != peer:  # missing, zero or NaN
+            return ""
+        return f"ours/peer {mine / peer:.2g}{unit}"
+
+    def get(d: dict[str, Any], *keys: str) -> Any:
+        for key in keys:
+            d = d.get(key) if isinstance(d, dict) else None  # type: ignore[assignment]
+        return d
+
+    def latency(r: dict[str, Any] | None) -> str:
+        return f"{r['p50_ms']:.0f} ms (p99 {r['p99_ms']:.0f})" if r else "not measured"
+
+    rows.append((f"Lone workflow, submit -> completed, p50 (n={counts['lone']})", "", "ours target <= 100 ms"))
+    rows.append(("  ours, gRPC (durable)", latency(ours.get("lone")), ""))
+    for name, t in measured.items():
+        rows.append(
+            (
+                f"  {PEER_HOW[name]['runs']}",
+                latency(t.get("lone")),
+                ratio(get(ours, "lone", "p50_ms"), get(t, "lone", "p50_ms"), ""),
+            )
+        )
+
+    def rate(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "not measured"
+        return f"{r['per_second']:.1f} wf/s, p99 {r['p99_ms']:.0f} ms, {r['failed']} failed"
+
+    rows.append((f"Throughput, {counts['throughput']} x 6 phases, c=20", "", "best peer ~89/s in the notes"))
+    rows.append(("  ours, gRPC (durable)", rate(ours.get("throughput")), ""))
+    for name, t in measured.items():
+        mine, peer = get(ours, "throughput", "per_second"), get(t, "throughput", "per_second")
+        rows.append((f"  {PEER_HOW[name]['runs']}", rate(t.get("throughput")), ratio(mine, peer)))
+
+    def rps(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "not measured (wrk missing?)"
+        return _rps(r) + (f", {r['errors']:.0f} errors" if r.get("errors") else "")
+
+    rows.append(("Status reads, c=20 (HTTP with wrk; gRPC with bench.load)", "", "ours target >= 10x best peer"))
+    for label, r in (ours.get("reads") or {}).items():
+        rows.append((f"  ours, {label}", rps(r), ""))
+    for name, t in measured.items():
+        for label, r in (t.get("reads") or {}).items():
+            peer = get(r, "rps")
+            versus = [ratio(get(ours, "reads", mine, "rps"), peer) for mine in ("REST via Envoy", "gRPC")]
+            rows.append((f"  {name}, {label}", rps(r), f"REST {versus[0]}; gRPC {versus[1]}" if all(versus) else ""))
+
+    def lag(r: dict[str, Any] | None) -> str:
+        return f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms ({r['events']} events)" if r else "not measured"
+
+    rows.append(("Live events, 1 run, phase done -> client has it", "", "ours target p99 <= 20 ms"))
+    for label, r in (ours.get("events") or {}).items():
+        rows.append((f"  ours, {label}", lag(r), ""))
+    for name, t in measured.items():
+        peer = get(t, "events", "p99_ms")
+        versus = [ratio(get(ours, "events", mine, "p99_ms"), peer, "") for mine in ("gRPC", "SSE via Envoy")]
+        rows.append(
+            (
+                f"  {PEER_HOW[name]['events']}",
+                lag(t.get("events")),
+                f"p99 {versus[0]} (SSE {versus[1]})" if all(versus) else "",
+            )
+        )
+
+    def states(d: dict[str, int]) -> str:
+        return ", ".join(f"{k.lower().removeprefix('workflow_state_')} {v}" for k, v in sorted(d.items()))
+
+    rows.append(("kill -9 with 40 workflows queued or running, restart", "", "ours target: 0 lost, 0 re-run"))
+    if ours.get("kill"):
+        rows.append(
+            (
+                "  ours, bench.server, 20 at a time",
+                _kill_figure(ours["kill"]),
+                f"at the kill: {states(ours['kill']['states'])}",
+            )
+        )
+    for name, t in measured.items():
+        k = t.get("kill")
+        figure = "not measured"
+        if k:
+            failed = f", {k['failed']} failed" if k["failed"] else ""
+            figure = f"{k['finished']}/40 finished, {k['lost']} lost, {k['stuck']} stuck{failed}; "
+            figure += f"{k['rerun']} of {k['done']} done phases re-run"
+        rows.append((f"  {PEER_HOW[name]['kill']}", figure, f"at the kill: {states(k['at_kill'])}" if k else ""))
+    for name, t in [("ours", ours), *theirs.items()]:
+        if "error" in t and name in (*measured, "ours"):
+            rows.append((f"  {name}: stopped early", t["error"][:160], ""))
+    return rows
+
+
 def _rps(result: dict[str, Any]) -> str:
     return f"{result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
 
@@ -467,21 +661,32 @@ SCENARIOS = {
     "kill": kill,
     "scale": scale,
     "postgres": postgres,
+    "peers": peers,  # not in the default list: needs the peers' own installs (bench/peers/setup.py)
 }
+DEFAULT = [name for name in SCENARIOS if name != "peers"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma-separated, of {','.join(SCENARIOS)}")
+    parser.add_argument(
+        "--peers", action="store_true", help="also run the peers scenario (installs LangGraph and Prefect on first use)"
+    )
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
     args = parser.parse_args()
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    only = args.only.split(",")
+    unknown = [name for name in only if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {','.join(unknown)}; choose from {','.join(SCENARIOS)}")
+    if args.peers and "peers" not in only:
+        only.append("peers")
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
-        for name in args.only.split(","):
+        for name in only:
             began = time.perf_counter()
             try:
                 new = SCENARIOS[name](Path(tmp), args.quick)
