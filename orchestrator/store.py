@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +75,17 @@ replicas = sa.Table(
 )
 
 
+# The event append is the engine's hot path (a transaction per phase): plain SQL, prepared once, with the
+# DB-API's positional style rewritten per dialect below.
+_SELECT_SESSION = "SELECT status_json, last_sequence FROM orch_sessions WHERE session_id = ?"
+_SELECT_KEYS = "SELECT key FROM orch_events WHERE session_id = ?"
+_INSERT_EVENT = "INSERT INTO orch_events (session_id, sequence, key, event_json) VALUES (?, ?, ?, ?)"
+_UPDATE_SESSION = (
+    "UPDATE orch_sessions SET state = ?, updated_at = ?, last_sequence = ?, status_json = ?, "
+    "finished_at = COALESCE(?, finished_at), cancel_requested = (cancel_requested OR ?) WHERE session_id = ?"
+)
+
+
 @dataclass(frozen=True)
 class NewSession:
     session_id: str
@@ -103,9 +116,28 @@ class Store:
             self._write = sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
             self._read = self._write
         self._current: dict[str, WorkflowStatus] = {}  # the last status this process wrote, per running session
+        self._local = threading.local()
+        self._select_session, self._select_keys, self._insert_event, self._update_session = (
+            sql if self.is_sqlite else sql.replace("?", "%s")  # sqlite3 takes qmark, psycopg format
+            for sql in (_SELECT_SESSION, _SELECT_KEYS, _INSERT_EVENT, _UPDATE_SESSION)
+        )
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)
+
+    @contextmanager
+    def _writer(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite, whose one writer thread does every write, that thread keeps its
+        connection instead of checking one out of the pool for each transaction."""
+        if not self.is_sqlite:
+            with self._write.begin() as pooled:
+                yield pooled
+            return
+        kept: Connection | None = getattr(self._local, "conn", None)
+        if kept is None or kept.closed:
+            kept = self._local.conn = self._write.connect()
+        with kept.begin():
+            yield kept
 
     def dispose(self) -> None:
         self._write.dispose()
@@ -219,63 +251,47 @@ class Store:
         """Appends events in order and folds them into the status, in one transaction. A draft whose key is
         already stored is skipped (a replayed write changes nothing); nothing is written once the workflow has
         finished. `cancel` also marks the session so the replica running it interrupts its phase."""
-        with self._write.begin() as conn:
-            query = sa.select(sessions.c.status_json, sessions.c.last_sequence).where(
-                sessions.c.session_id == session_id
-            )
-            if not self.is_sqlite:
-                query = query.with_for_update()
-            row = conn.execute(query).first()
+        with self._writer() as conn:
+            lock = "" if self.is_sqlite else " FOR UPDATE"  # SQLite's writer already holds the database lock
+            row = conn.exec_driver_sql(self._select_session + lock, (session_id,)).first()
             if row is None:
                 return [], None
             # The status this process wrote last is still current unless another writer appended since: skip
             # parsing the stored JSON, which grows with every phase output.
             known = self._current.get(session_id)
-            if known is not None and known.last_sequence == row.last_sequence:
+            if known is not None and known.last_sequence == row[1]:
                 status = known
             else:
-                status = WorkflowStatus.model_validate_json(row.status_json)
+                status = WorkflowStatus.model_validate_json(row[0])
             if status.state.terminal:
                 self._current.pop(session_id, None)
                 return [], status
-            stored = set(
-                conn.execute(
-                    sa.select(events.c.key).where(
-                        events.c.session_id == session_id, events.c.key.in_([d.key for d in drafts])
-                    )
-                ).scalars()
-            )
+            stored = {key for (key,) in conn.exec_driver_sql(self._select_keys, (session_id,))}
             written: list[WorkflowEvent] = []
-            rows: list[dict[str, Any]] = []
+            rows: list[tuple[Any, ...]] = []
             now = datetime.now(UTC)
             for draft in drafts:
                 if draft.key in stored or status.state.terminal:
                     continue
                 status, event = apply(status, draft, status.last_sequence + 1, now)
                 written.append(event)
-                rows.append(
-                    {
-                        "session_id": session_id,
-                        "sequence": event.sequence,
-                        "key": draft.key,
-                        "event_json": event.model_dump_json(),
-                    }
-                )
+                rows.append((session_id, event.sequence, draft.key, event.model_dump_json()))
             if not written and not cancel:
                 return [], status
             if rows:
-                conn.execute(events.insert(), rows)
-            values: dict[str, Any] = {
-                "state": status.state.value,
-                "updated_at": _ts(status.updated_at),
-                "last_sequence": status.last_sequence,
-                "status_json": status.model_dump_json(),
-            }
-            if status.finished_at is not None:
-                values["finished_at"] = _ts(status.finished_at)
-            if cancel:
-                values["cancel_requested"] = True
-            conn.execute(sessions.update().where(sessions.c.session_id == session_id).values(**values))
+                conn.exec_driver_sql(self._insert_event, rows)
+            conn.exec_driver_sql(
+                self._update_session,
+                (
+                    status.state.value,
+                    _ts(status.updated_at),
+                    status.last_sequence,
+                    status.model_dump_json(),
+                    None if status.finished_at is None else _ts(status.finished_at),
+                    cancel,
+                    session_id,
+                ),
+            )
         if status.state.terminal:
             self._current.pop(session_id, None)
         else:
