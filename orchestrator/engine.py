@@ -55,7 +55,7 @@ from orchestrator.models import (
     WorkflowState,
     WorkflowStatus,
 )
-from orchestrator.progress import EventDraft
+from orchestrator.progress import EventDraft, apply
 from orchestrator.settings import WORKFLOW_PROTOCOL_VERSION, Settings
 from orchestrator.store import NewSession, Store, fingerprint
 
@@ -294,6 +294,9 @@ class Engine:
             new,
             first,
         )
+        if created:
+            # The stored first event, recomputed (the fold is pure) so local watchers' history starts complete.
+            self.hub.publish(apply(new.status, first, 1, new.status.created_at)[1])
         # Enqueue even for a duplicate: enqueueing under the same workflow id is a no-op in DBOS, and it heals a
         # crash between storing the session and enqueueing it.
         await self._enqueue(status.session_id, status.workflow_type, status.priority)
@@ -451,7 +454,9 @@ class Engine:
         last = after
         with self.hub.subscribe(session_id) as inbox:
             idle_since = time.monotonic()
-            pending = await self._read(self.store.events_after, session_id, last)
+            pending = self.hub.replay(session_id, last)
+            if pending is None:
+                pending = await self._read(self.store.events_after, session_id, last)
             while True:
                 for event in pending:
                     if event.sequence <= last:

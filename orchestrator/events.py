@@ -31,8 +31,12 @@ class Inbox:
 
 
 class EventHub:
+    """Fan-out of stored events to local watchers, plus the history of each session this replica accepted and
+    is running, so a crowd of watchers joining at once replays from memory instead of the database."""
+
     def __init__(self) -> None:
         self._subscribers: dict[str, set[Inbox]] = {}
+        self._history: dict[str, list[WorkflowEvent]] = {}
 
     @contextmanager
     def subscribe(self, session_id: str) -> Iterator[Inbox]:
@@ -48,8 +52,29 @@ class EventHub:
                     del self._subscribers[session_id]
 
     def publish(self, event: WorkflowEvent) -> None:
+        self._remember(event)
         for inbox in self._subscribers.get(event.session_id, ()):
             inbox.put(event)
+
+    def _remember(self, event: WorkflowEvent) -> None:
+        # Only a history that is complete from the first event is worth keeping; a finished session's events
+        # are read from the store by whoever comes later.
+        history = self._history.get(event.session_id)
+        if event.sequence == 1:
+            self._history[event.session_id] = [event]
+        elif history is not None and event.sequence == history[-1].sequence + 1:
+            history.append(event)
+        elif history is not None:
+            del self._history[event.session_id]  # another replica wrote in between: not complete any more
+        if event.type.terminal:
+            self._history.pop(event.session_id, None)
+
+    def replay(self, session_id: str, after: int) -> list[WorkflowEvent] | None:
+        """The session's events after `after` from memory, or None when this replica does not have them all."""
+        history = self._history.get(session_id)
+        if history is None:
+            return None
+        return [event for event in history if event.sequence > after]
 
     def nudge(self, session_id: str) -> None:
         for inbox in self._subscribers.get(session_id, ()):
@@ -60,3 +85,4 @@ class EventHub:
 
     def close(self) -> None:
         self._subscribers.clear()
+        self._history.clear()
