@@ -418,9 +418,6 @@ class Engine:
             time=datetime.now(UTC),
         )
 
-    def ready(self) -> bool:
-        return self._accepting
-
     def running_count(self) -> int:
         """Workflows whose body runs on this replica now."""
         return len(self._local)
