@@ -81,6 +81,11 @@ class SandboxLimits(BaseModel):
         description="auto: namespaces, or refuse to run; none: resource limits and environment only (unsafe).",
     )
     work_dir: str | None = Field(default=None, description="Where temporary project directories are created.")
+    hidden_dirs: tuple[str, ...] = Field(
+        default=(),
+        description="Directories the tests must not see (the data directory, key files): covered with an empty "
+        "read-only tmpfs inside the sandbox.",
+    )
 
 
 class TestRunReport(BaseModel):
@@ -170,7 +175,12 @@ def _interpreter_prefixes(python: str) -> list[str]:
 
 
 def _mount_script(
-    base: Path, limits: SandboxLimits, exposures: list[str], command: list[str], tmp_prefixes: list[str]
+    base: Path,
+    limits: SandboxLimits,
+    exposures: list[str],
+    command: list[str],
+    tmp_prefixes: list[str],
+    interpreter: list[str],
 ) -> str:
     """The shell script run as root inside the new namespaces: arrange mounts, then exec `command`.
 
@@ -210,12 +220,26 @@ def _mount_script(
             f"mount -o remount,ro,bind {q(str(inside))}",
         ]
     lines.append(f"mount --rbind {q(str(newtmp))} /tmp")
-    for directory in _COVERED_DIRS:
+    for directory in (*_COVERED_DIRS, *_hideable(limits.hidden_dirs, [*interpreter, *tmp_prefixes, str(base)])):
         if os.path.isdir(directory) and not os.path.islink(directory):
-            lines.append(f"mount -t tmpfs -o ro,mode=755,nosuid,nodev,size=4k sandbox-empty {directory}")
+            lines.append(f"mount -t tmpfs -o ro,mode=755,nosuid,nodev,size=4k sandbox-empty {q(directory)}")
     lines.append(f"cd {_INSIDE_PROJECT}")
     lines.append("exec " + " ".join(q(arg) for arg in command))
     return "\n".join(lines)
+
+
+def _hideable(dirs: tuple[str, ...], keep: list[str]) -> list[str]:
+    """The configured hidden directories that can be covered: not under /tmp (replaced anyway), and not holding
+    the interpreter or the sandbox's own files (`keep`)."""
+    hideable = []
+    for directory in dirs:
+        path = os.path.realpath(directory)
+        if path == "/tmp" or path.startswith("/tmp/") or path == "/":
+            continue
+        if any(k == path or k.startswith(path + "/") for k in keep):
+            continue
+        hideable.append(path)
+    return hideable
 
 
 def _prlimit(limits: SandboxLimits) -> list[str]:
@@ -321,7 +345,7 @@ async def _plan(base: Path, limits: SandboxLimits, python: str) -> tuple[list[st
             "an operator may set sandbox isolation to 'none' to run them without isolation"
         )
     tmp_prefixes = [p for p in _interpreter_prefixes(python) if p.startswith("/tmp/")]
-    script = _mount_script(base, limits, exposures, inner, tmp_prefixes)
+    script = _mount_script(base, limits, exposures, inner, tmp_prefixes, _interpreter_prefixes(python))
     return ["unshare", *flags, "--", "/bin/sh", "-c", script], owner, str(base), label
 
 

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health
 from prometheus_client import CollectorRegistry
 
-from orchestrator.agents import PhaseRunner
+from orchestrator.agents import AgentSettings, PhaseRunner
 from orchestrator.definitions import load_catalog
 from orchestrator.engine import Engine, PhaseRunnerLike
 from orchestrator.settings import Settings
@@ -41,7 +41,7 @@ class App:
         metrics = ServiceMetrics(self.registry)
         runner = self.runner
         if runner is None:
-            runner = self._own_runner = PhaseRunner(settings.agents, observer=metrics)
+            runner = self._own_runner = PhaseRunner(_sandboxed(settings), observer=metrics)
         catalog = load_catalog(settings.workflow_types_dir)
         self.engine = engine = Engine(settings, catalog, runner, metrics)
         metrics.track_running(engine.running_count)
@@ -51,7 +51,10 @@ class App:
         self._server, self.grpc_port = build_server(settings, self.engine, metrics, self._health)
         await self.engine.start()
         await self._server.start()
-        self._metrics_server = MetricsServer(self.registry, settings.host, settings.metrics_port)
+        token = settings.auth.metrics_token
+        self._metrics_server = MetricsServer(
+            self.registry, settings.host, settings.metrics_port, token.get_secret_value() if token else None
+        )
         self._metrics_server.start()
         self.metrics_port = self._metrics_server.port
         await set_serving(self._health, True)
@@ -120,6 +123,24 @@ class App:
 
 def _absolute(path: Path | None) -> Path | None:
     return None if path is None else path.resolve()
+
+
+def _sandboxed(settings: Settings) -> AgentSettings:
+    """The agents' settings with the directories generated code must never see: the data directory (every
+    tenant's sessions), the service user's home, and wherever keys live."""
+    secrets = [
+        settings.tls.cert_file,
+        settings.tls.key_file,
+        settings.tls.client_ca_file,
+        settings.tls.ca_file,
+        settings.tls.envoy_cert_file,
+        settings.tls.envoy_key_file,
+        settings.auth.jwks_file,
+    ]
+    hidden = {str(settings.data_dir), str(Path.home())} | {str(p.resolve().parent) for p in secrets if p is not None}
+    sandbox = settings.agents.sandbox
+    limits = sandbox.model_copy(update={"hidden_dirs": tuple(sorted(hidden | set(sandbox.hidden_dirs)))})
+    return settings.agents.model_copy(update={"sandbox": limits})
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -283,8 +284,9 @@ class MetricsServer:
     """Serves GET /metrics and the API docs (/openapi.json, /docs/; service/docs.py) over plain HTTP on its own
     thread."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, token: str | None = None) -> None:
         registry_ref = registry
+        expected = f"Bearer {token}".encode() if token else None
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -292,6 +294,14 @@ class MetricsServer:
                 if path != "/metrics":
                     self._reply_docs(path)
                     return
+                if expected is not None:
+                    given = (self.headers.get("Authorization") or "").encode()
+                    if not hmac.compare_digest(given, expected):
+                        self.send_response(401)
+                        self.send_header("WWW-Authenticate", 'Bearer realm="metrics"')
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
                 body = generate_latest(registry_ref)
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)

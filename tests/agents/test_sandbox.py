@@ -207,3 +207,28 @@ def test_parse_pytest_summary() -> None:
     assert parse_pytest_summary("= 2 failed, 3 passed, 1 skipped, 2 errors in 1.50s =") == (3, 2, 2)
     assert parse_pytest_summary("no tests ran in 0.01s") == (0, 0, 0)
     assert parse_pytest_summary("garbage") == (0, 0, 0)
+
+
+async def test_hidden_directories_are_empty_inside_the_sandbox() -> None:
+    # Outside /tmp (the sandbox replaces /tmp anyway), readable by everyone: only hiding keeps it from the tests.
+    try:
+        secret_dir = Path(tempfile.mkdtemp(prefix="orchestrator-hidden-", dir="/opt"))
+    except OSError:
+        pytest.skip("needs a world-readable directory outside /tmp (writable /opt, as root in CI)")
+    try:
+        secret_dir.chmod(0o755)
+        (secret_dir / "orchestrator.sqlite").write_text("every tenant's sessions")
+        (secret_dir / "orchestrator.sqlite").chmod(0o644)
+        body = (
+            "from pathlib import Path\n\n"
+            f"def test_reads_the_data():\n    assert Path({str(secret_dir / 'orchestrator.sqlite')!r}).read_text()\n"
+        )
+        visible = await run_tests([tfile("test_peek.py", body)], timeout_s=30, limits=LIMITS)
+        assert visible.passed == 1, visible.output  # without hiding, the file is there to read
+        hidden_limits = LIMITS.model_copy(update={"hidden_dirs": (str(secret_dir),)})
+        hidden = await run_tests([tfile("test_peek.py", body)], timeout_s=30, limits=hidden_limits)
+        assert hidden.failed == 1 and "No such file" in hidden.output, hidden.output
+    finally:
+        for child in secret_dir.iterdir():
+            child.unlink()
+        secret_dir.rmdir()

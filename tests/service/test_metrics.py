@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -208,3 +209,20 @@ def test_model_labels_are_bounded() -> None:
     models = {dict(series)["model"] for name, series in parsed if name == "orchestrator_model_cost_usd_total"}
     assert len(models) == MAX_MODEL_LABELS + 1 and OTHER_MODEL in models
     assert value(parsed, "orchestrator_model_tokens_total", model=OTHER_MODEL, token_type="input") == 5
+
+
+async def test_metrics_token_guards_the_endpoint_when_set(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    application = App(
+        make_settings(tmp_path / "data", auth={"enabled": False, "metrics_token": SecretStr("scrape-me")})
+    )
+    await application.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{application.metrics_port}", timeout=10) as http:
+            assert (await http.get("/metrics")).status_code == 401
+            assert (await http.get("/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+            ok = await http.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+            assert ok.status_code == 200 and "grpc_server_started_total" in ok.text
+    finally:
+        await application.stop(grace=0.5)
