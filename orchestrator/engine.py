@@ -62,6 +62,7 @@ from orchestrator.store import NewSession, Store, fingerprint
 logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "orchestrator-workflows"
+HEALTH_TTL_SECONDS = 2.0
 VERSION = "0.1.0"
 T = TypeVar("T")
 
@@ -151,6 +152,9 @@ class Engine:
         self._interrupted: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
         self._durations: dict[str, tuple[float, float | None]] = {}
+        self._health: tuple[float, HealthReport] | None = None
+        self._stopping = False
+        self._health_lock = asyncio.Lock()
         # A finished workflow's status never changes again, so reads of it skip the database (bounded in size,
         # and in age so a purge on another replica is seen within a minute).
         self._finished: LruCache[WorkflowStatus] = LruCache(capacity=10_000, max_age_seconds=60.0)
@@ -172,8 +176,13 @@ class Engine:
         if _current is not None:
             raise RuntimeError("an engine is already running in this process (DBOS is a singleton)")
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Every tenant's sessions live here: readable by the service user only (generated code runs as another).
+        self.settings.data_dir.chmod(0o700)
         await self._write(self.store.create_schema)
         _current = self
+        # Before DBOS launches (and may take work at once): a replica killed in its first seconds must already be
+        # on the list, or nobody would ever recover its work.
+        await self._write(self.store.heartbeat, self.settings.replica_id, self._started_at)
         config: DBOSConfig = {
             "name": "orchestrator",
             "system_database_url": self.settings.dbos_url(),
@@ -205,7 +214,8 @@ class Engine:
             raise
         self._background = [
             asyncio.create_task(self._loop(0.25, self._interrupt_cancelled), name="cancel-watch"),
-            asyncio.create_task(self._loop(self.settings.replica_heartbeat_seconds, self._replica_duty)),
+            asyncio.create_task(self._loop(self.settings.replica_heartbeat_seconds, self._heartbeat_duty)),
+            asyncio.create_task(self._loop(self.settings.replica_heartbeat_seconds, self._recovery_duty)),
             asyncio.create_task(self._loop(self.settings.purge_interval_seconds, self._purge)),
         ]
         self._accepting = True
@@ -218,6 +228,7 @@ class Engine:
     async def stop(self) -> None:
         global _current
         self._accepting = False
+        self._stopping = True
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -232,6 +243,8 @@ class Engine:
         if bodies:
             await asyncio.wait(bodies, timeout=5)
         await self._read(DBOS.destroy)
+        for body in list(self._local.values()):  # started during the drain
+            body.cancel()
         self.store.dispose()
         self._reads.shutdown(wait=False)
         self._writes.shutdown(wait=False)
@@ -379,12 +392,24 @@ class Engine:
         return list(self.catalog)
 
     async def health(self) -> HealthReport:
+        """The health report, computed at most once per HEALTH_TTL_SECONDS: Health is unauthenticated, and each
+        check pings the database and the model providers (with the server's keys), so a flood of health calls
+        must not become a flood of provider calls."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_TTL_SECONDS:
+            return self._health[1]
+        async with self._health_lock:  # one check in flight; the others wait and take its result
+            if self._health is None or time.monotonic() - self._health[0] >= HEALTH_TTL_SECONDS:
+                self._health = (time.monotonic(), await self._check_health())
+            return self._health[1]
+
+    async def _check_health(self) -> HealthReport:
         deps = []
         try:
             await asyncio.wait_for(self._read(self.store.ping), timeout=2)
-            deps.append(
-                DependencyHealth(name="database", status=ServingStatus.SERVING, message=_safe_url(self.settings))
-            )
+            # The kind only: a public endpoint does not name hosts, users or paths.
+            kind = "SQLite" if self.settings.is_sqlite else "PostgreSQL"
+            deps.append(DependencyHealth(name="database", status=ServingStatus.SERVING, message=f"{kind} reachable"))
         except Exception as exc:
             deps.append(DependencyHealth(name="database", status=ServingStatus.NOT_SERVING, message=type(exc).__name__))
         engine_ok = self._accepting and _current is self
@@ -524,6 +549,8 @@ class Engine:
             self._local.pop(session_id, None)
             # Watchers stop waiting for pushes: whatever else happens to this session is written elsewhere.
             self.hub.nudge(session_id)
+            self.hub.forget(session_id)
+            self.store.forget(session_id)
 
     async def _run_phases(self, session_id: str, request: dict[str, Any]) -> str:
         """The workflow body. Events that can wait are batched with the next one that cannot (a phase's
@@ -685,14 +712,29 @@ class Engine:
             for session_id in await self._read(self.store.cancel_requested, list(self._running)):
                 self._interrupt(session_id)
 
-    async def _replica_duty(self) -> None:
-        await self._write(self.store.heartbeat, self.settings.replica_id, self._started_at)
+    async def _heartbeat_duty(self) -> None:
+        """Its own task, so a slow recovery never delays it past replica_dead_after_seconds."""
+        alive = await self._write(self.store.heartbeat, self.settings.replica_id, self._started_at)
+        if not alive and self._local:
+            # Declared dead while alive (a stall longer than replica_dead_after_seconds): another replica has
+            # re-enqueued this one's workflows. Stop running them here so they do not run twice.
+            logger.error(
+                "replica %s was taken over by another replica; handing back %d running workflows",
+                self.settings.replica_id,
+                len(self._local),
+            )
+            for body in list(self._local.values()):
+                body.cancel()
+
+    async def _recovery_duty(self) -> None:
         dead_before = time.time() - self.settings.replica_dead_after_seconds
         for dead in await self._write(self.store.claim_dead_replicas, self.settings.replica_id, dead_before):
             logger.warning("replica %s is silent; recovering its pending workflows here", dead)
             # DBOS's open-source core has no failover of its own; this private call re-enqueues the dead
             # executor's PENDING workflows, and the queue's atomic dequeue admits exactly one runner for each.
+            # Only after it succeeded is the replica forgotten; if it fails, the claim lapses and is retried.
             handles = await self._read(DBOS._recover_pending_workflows, [dead])
+            await self._write(self.store.forget_replica, dead)
             logger.warning("re-enqueued %d workflows of replica %s", len(handles), dead)
 
     async def _purge(self) -> None:

@@ -30,6 +30,9 @@ class Inbox:
         self._queue.put_nowait(event)
 
 
+MAX_HISTORIES = 10_000
+
+
 class EventHub:
     """Fan-out of stored events to local watchers, plus the history of each session this replica accepted and
     is running, so a crowd of watchers joining at once replays from memory instead of the database."""
@@ -62,12 +65,17 @@ class EventHub:
         history = self._history.get(event.session_id)
         if event.sequence == 1:
             self._history[event.session_id] = [event]
+            while len(self._history) > MAX_HISTORIES:  # sessions accepted here but run elsewhere age out
+                del self._history[next(iter(self._history))]
         elif history is not None and event.sequence == history[-1].sequence + 1:
             history.append(event)
         elif history is not None:
             del self._history[event.session_id]  # another replica wrote in between: not complete any more
         if event.type.terminal:
             self._history.pop(event.session_id, None)
+
+    def forget(self, session_id: str) -> None:
+        self._history.pop(session_id, None)
 
     def replay(self, session_id: str, after: int) -> list[WorkflowEvent] | None:
         """The session's events after `after` from memory, or None when this replica does not have them all."""

@@ -298,6 +298,10 @@ class Store:
             self._current[session_id] = status
         return written, status
 
+    def forget(self, session_id: str) -> None:
+        """Drops the remembered status of a session that stopped running here."""
+        self._current.pop(session_id, None)
+
     def purge_finished(self, before: float, limit: int = 500) -> list[str]:
         with self._write.begin() as conn:
             ids = list(
@@ -312,7 +316,9 @@ class Store:
                 conn.execute(sessions.delete().where(sessions.c.session_id.in_(ids)))
             return ids
 
-    def heartbeat(self, replica_id: str, started_at: float) -> None:
+    def heartbeat(self, replica_id: str, started_at: float) -> bool:
+        """Says this replica is alive. Returns False when its row was gone: another replica declared it dead
+        (and recovered its work) while it was still running."""
         now = time.time()
         with self._write.begin() as conn:
             updated = conn.execute(
@@ -320,11 +326,14 @@ class Store:
             ).rowcount
             if not updated:
                 conn.execute(replicas.insert().values(replica_id=replica_id, last_seen=now, started_at=started_at))
+        return bool(updated)
 
     def claim_dead_replicas(self, own_id: str, dead_before: float) -> list[str]:
-        """Takes the replicas silent since `dead_before` off the list, returning the ones this call removed; the
-        delete is the claim, so of several survivors exactly one recovers each dead replica's work."""
+        """Claims the replicas silent since `dead_before` by stamping their row (so of several survivors exactly
+        one claims each, and nobody else for another dead interval); the caller recovers their work, then calls
+        `forget_replica`. A claimer that dies before that leaves the row to be claimed again."""
         claimed = []
+        now = time.time()
         with self._write.begin() as conn:
             stale = conn.execute(
                 sa.select(replicas.c.replica_id).where(
@@ -332,12 +341,18 @@ class Store:
                 )
             ).scalars()
             for replica_id in list(stale):
-                deleted = conn.execute(
-                    replicas.delete().where(replicas.c.replica_id == replica_id, replicas.c.last_seen < dead_before)
+                taken = conn.execute(
+                    replicas.update()
+                    .where(replicas.c.replica_id == replica_id, replicas.c.last_seen < dead_before)
+                    .values(last_seen=now)
                 ).rowcount
-                if deleted:
+                if taken:
                     claimed.append(replica_id)
         return claimed
+
+    def forget_replica(self, replica_id: str) -> None:
+        with self._write.begin() as conn:
+            conn.execute(replicas.delete().where(replicas.c.replica_id == replica_id))
 
     # Reads --------------------------------------------------------------------------------------------------
 

@@ -286,7 +286,10 @@ async def test_watch_and_cancel_across_replicas(
         await wait_states(
             stub_a, [s for s in ids if s != victim], lambda s: s.state == enums.WORKFLOW_STATE_COMPLETED, timeout=30
         )
-        assert "design" not in {p for s, p, _ in read_calls(calls) if s == victim}
+        # Nothing ran that the events do not show started: the cancel stopped the workflow where it was (a phase
+        # that finished just before the cancel is fine; one started after it is not).
+        started = {e.phase for e in events if e.type == enums.EVENT_TYPE_PHASE_STARTED}
+        assert {p for s, p, _ in read_calls(calls) if s == victim} <= started
     finally:
         a.stop()
         b.stop()
