@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "orchestrator-workflows"
 HEALTH_TTL_SECONDS = 2.0
+ORPHAN_CHECK_SECONDS = 60.0
 VERSION = "0.1.0"
 T = TypeVar("T")
 
@@ -154,6 +155,7 @@ class Engine:
         self._durations: dict[str, tuple[float, float | None]] = {}
         self._health: tuple[float, HealthReport] | None = None
         self._stopping = False
+        self._orphans_checked = time.monotonic()
         self._health_lock = asyncio.Lock()
         # A finished workflow's status never changes again, so reads of it skip the database (bounded in size,
         # and in age so a purge on another replica is seen within a minute).
@@ -727,6 +729,10 @@ class Engine:
                 body.cancel()
 
     async def _recovery_duty(self) -> None:
+        if time.monotonic() - self._orphans_checked > ORPHAN_CHECK_SECONDS:
+            self._orphans_checked = time.monotonic()
+            # The start-up pass covers this replica's own crashes; this one covers a replica that never returns.
+            await self._requeue_orphans(created_before=time.time() - ORPHAN_CHECK_SECONDS, limit=100)
         dead_before = time.time() - self.settings.replica_dead_after_seconds
         for dead in await self._write(self.store.claim_dead_replicas, self.settings.replica_id, dead_before):
             logger.warning("replica %s is silent; recovering its pending workflows here", dead)
@@ -746,9 +752,10 @@ class Engine:
                 await DBOS.delete_workflows_async(ids)
             logger.info("purged %d finished sessions older than %.0f hours", len(ids), self.settings.retention_hours)
 
-    async def _requeue_orphans(self) -> None:
-        """A crash between storing a session and enqueueing it leaves it QUEUED with no DBOS workflow."""
-        for session_id in await self._read(self.store.queued_session_ids):
+    async def _requeue_orphans(self, created_before: float | None = None, limit: int | None = None) -> None:
+        """A crash (or a failed enqueue) between storing a session and enqueueing it leaves it QUEUED with no DBOS
+        workflow; enqueueing under the session's id again is a no-op for the ones that have one."""
+        for session_id in await self._read(self.store.queued_session_ids, created_before, limit):
             status = await self._read(self.store.status, session_id)
             if status is not None:
                 await self._enqueue(session_id, status.workflow_type, status.priority)

@@ -393,13 +393,14 @@ class Store:
                 ).scalars()
             )
 
-    def queued_session_ids(self) -> list[str]:
+    def queued_session_ids(self, created_before: float | None = None, limit: int | None = None) -> list[str]:
+        """QUEUED sessions, oldest first; optionally only those created before a time, and at most `limit`."""
+        query = sa.select(sessions.c.session_id).where(sessions.c.state == WorkflowState.QUEUED.value)
+        if created_before is not None:
+            query = query.where(sessions.c.created_at < created_before)
+        query = query.order_by(sessions.c.created_at).limit(limit)
         with self._read.connect() as conn:
-            return list(
-                conn.execute(
-                    sa.select(sessions.c.session_id).where(sessions.c.state == WorkflowState.QUEUED.value)
-                ).scalars()
-            )
+            return list(conn.execute(query).scalars())
 
     def queued_counts(self) -> dict[str, int]:
         """QUEUED sessions by workflow type, in the whole database (every replica): one indexed count."""

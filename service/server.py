@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import grpc
@@ -21,6 +22,13 @@ from service.servicer import OrchestratorServicer
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def build_server(
@@ -54,6 +62,12 @@ def build_server(
     )
     address = f"{settings.host}:{settings.grpc_port}"
     credentials = server_credentials(settings)
+    if credentials is None and not _is_loopback(settings.host):
+        logger.warning(
+            "gRPC listens on %s without TLS: bearer tokens cross the network in clear text; set ORCHESTRATOR_TLS__* "
+            "or bind to loopback behind Envoy",
+            settings.host,
+        )
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind the gRPC port {settings.host}:{settings.grpc_port}")

@@ -198,3 +198,49 @@ async def test_health_is_not_serving_once_shutdown_begins(tmp_path: Path, runner
         else:
             await stopping
         await channel.close()
+
+
+async def test_a_session_stored_but_never_enqueued_is_run_by_the_orphan_pass(tmp_path: Path) -> None:
+    import time as _time
+    from datetime import UTC, datetime
+
+    from orchestrator.models import EventType, PhaseStatus, Priority, WorkflowState, WorkflowStatus
+    from orchestrator.progress import EventDraft
+    from orchestrator.store import NewSession
+
+    runner = ScriptedRunner()
+    app, channel = await started_app(tmp_path, runner)
+    try:
+        engine = app.engine
+        assert engine is not None
+        now = datetime.now(UTC)
+        # What a replica that died between storing the session and enqueueing it leaves behind.
+        orphan = NewSession(
+            session_id="orphan-1",
+            tenant="",
+            request_id=None,
+            fingerprint="x",
+            workflow_type="design",
+            request={"requirements": "r", "workflow_type": "design", "configuration": {}, "priority": "normal"},
+            status=WorkflowStatus(
+                session_id="orphan-1",
+                workflow_type="design",
+                state=WorkflowState.QUEUED,
+                priority=Priority.NORMAL,
+                phases=[
+                    PhaseStatus(name="requirements", agent_role="analyst"),
+                    PhaseStatus(name="design", agent_role="architect"),
+                ],
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+        engine.store.create_session(orphan, EventDraft("queued", EventType.WORKFLOW_QUEUED))
+        await engine._requeue_orphans(created_before=_time.time() + 1, limit=100)
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        events = await asyncio.wait_for(watch_all(stub, "orphan-1"), 30)
+        assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_COMPLETED
+        assert runner.counts[("orphan-1", "design")] == 1
+    finally:
+        await channel.close()
+        await app.stop(grace=0.5)
