@@ -88,9 +88,6 @@ class EventHub:
         for inbox in self._subscribers.get(session_id, ()):
             inbox.put(None)
 
-    def watcher_count(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
-
     def close(self) -> None:
         self._subscribers.clear()
         self._history.clear()

@@ -238,13 +238,6 @@ class Store:
             )
         return WorkflowStatus.model_validate_json(row.status_json)
 
-    def append(
-        self, session_id: str, draft: EventDraft, *, cancel: bool = False
-    ) -> tuple[WorkflowEvent | None, WorkflowStatus | None]:
-        """Appends one event; see `append_many`. Returns the event, or None when nothing was written."""
-        written, status = self.append_many(session_id, [draft], cancel=cancel)
-        return (written[0] if written else None), status
-
     def append_many(
         self, session_id: str, drafts: list[EventDraft], *, cancel: bool = False
     ) -> tuple[list[WorkflowEvent], WorkflowStatus | None]:

@@ -133,7 +133,21 @@ def _calls(path: Path) -> Counter[tuple[str, ...]]:
 # LangGraph --------------------------------------------------------------------------------------------------------
 
 
-class LangGraphServer:
+class _PeerServer:
+    """A peer's server process: killed with kill -9 in the crash scenario, stopped politely otherwise."""
+
+    process: PeerProcess | None = None
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill9()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class LangGraphServer(_PeerServer):
     """`langgraph dev` (in-memory runtime) serving the no-op graph from a directory of its own: the runtime
     saves its state under `.langgraph_api/` there, which is what a restart after kill -9 reloads."""
 
@@ -164,14 +178,6 @@ class LangGraphServer:
 
         self.url = _wait_ready(self.process, url, 60).removesuffix("/ok")
         return self
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.kill9()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
 
 
 def measure_langgraph(tmp: Path, quick: bool, reads: Reads, cache: Path) -> dict[str, Any]:
@@ -242,7 +248,7 @@ def _kill_langgraph(tmp: Path, python: Path, settle: float) -> dict[str, Any]:
 # Prefect ----------------------------------------------------------------------------------------------------------
 
 
-class PrefectServer:
+class PrefectServer(_PeerServer):
     """`prefect server start` on SQLite in its own PREFECT_HOME, so a restart finds the same database."""
 
     def __init__(self, python: Path, home: Path, env: dict[str, str]) -> None:
@@ -266,14 +272,6 @@ class PrefectServer:
         # Flow and task logs at WARNING: the INFO lines each run ships to the server are extra database writes
         # that this service does not make, so leaving them on would understate Prefect.
         return {**self.env, "PREFECT_API_URL": self.api, "PREFECT_LOGGING_LEVEL": "WARNING", **extra}
-
-    def kill9(self) -> None:
-        assert self.process is not None
-        self.process.kill9()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
 
 
 def measure_prefect(tmp: Path, quick: bool, reads: Reads, cache: Path) -> dict[str, Any]:
