@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -107,15 +107,19 @@ class WorkflowDefinition(_Frozen):
         keys.update({key.name: key for key in self.configuration})
         return keys
 
-    def validate_configuration(self, configuration: dict[str, Any]) -> dict[str, Any]:
-        """Checks every key and returns the configuration with defaults filled in."""
+    def validate_configuration(self, configuration: dict[str, Any]) -> CheckedConfiguration:
+        """Checks every key the type documents and returns the configuration with defaults filled in. Keys it
+        does not document are kept and passed on (the agents show them to the model), with a warning each: the
+        API's contract takes any keys, and a typo should be visible to the caller without failing the call."""
         keys = self.keys()
         violations: list[FieldViolation] = []
+        warnings: list[str] = []
         for name, value in configuration.items():
             key = keys.get(name)
             if key is None:
-                violations.append(
-                    FieldViolation(f"configuration.{name}", f"unknown key; {self.name!r} accepts: {', '.join(keys)}")
+                warnings.append(
+                    f"configuration key {name!r} is not documented by {self.name!r}; it is passed on unchecked "
+                    f"(documented: {', '.join(keys)})"
                 )
             elif (problem := key.check(value)) is not None:
                 violations.append(FieldViolation(f"configuration.{name}", problem))
@@ -134,7 +138,14 @@ class WorkflowDefinition(_Frozen):
             raise InvalidArgument("invalid configuration: " + "; ".join(v.field for v in violations), violations)
         filled = {k.name: k.default for k in keys.values() if k.default is not None}
         filled.update(configuration)
-        return filled
+        return CheckedConfiguration(values=filled, warnings=sorted(warnings))  # a Struct's keys come unordered
+
+
+class CheckedConfiguration(NamedTuple):
+    """A configuration that passed validate_configuration, and what deserves the caller's look."""
+
+    values: dict[str, Any]
+    warnings: list[str]
 
 
 def _model_violations(configuration: dict[str, Any]) -> list[FieldViolation]:

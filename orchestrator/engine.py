@@ -49,13 +49,15 @@ from orchestrator.models import (
     SubmitResult,
     TestReport,
     Usage,
+    WorkflowErrorCode,
     WorkflowEvent,
     WorkflowPage,
     WorkflowResult,
     WorkflowState,
     WorkflowStatus,
 )
-from orchestrator.progress import EventDraft, apply
+from orchestrator.outcome import classify_test_report
+from orchestrator.progress import EventDraft, apply, failure_data
 from orchestrator.settings import WORKFLOW_PROTOCOL_VERSION, Settings
 from orchestrator.store import NewSession, Store, fingerprint
 
@@ -270,11 +272,13 @@ class Engine:
             raise Unavailable("the server is not accepting workflows right now (starting or shutting down)")
         definition = self.catalog.get(request.workflow_type)
         self._check_request(request)
-        configuration = definition.validate_configuration(request.configuration)
+        configuration, warnings = definition.validate_configuration(request.configuration)
         now = datetime.now(UTC)
         session_id = str(uuid.uuid4())
         model = self.runner.describe_model(configuration)
         estimate = await self._estimate(definition.name)
+        if estimate is None:
+            estimate = self._nominal_estimate(definition, configuration)
         status = WorkflowStatus(
             session_id=session_id,
             workflow_type=definition.name,
@@ -283,7 +287,7 @@ class Engine:
             phases=[PhaseStatus(name=p.name, agent_role=p.role) for p in definition.phases],
             created_at=now,
             updated_at=now,
-            estimated_completion=now + timedelta(seconds=estimate) if estimate is not None else None,
+            estimated_completion=now + timedelta(seconds=estimate),
             model=model,
             request_id=request.request_id or "",
             tenant=request.tenant,
@@ -322,6 +326,8 @@ class Engine:
             message += (
                 " (the built-in offline model writes deterministic scaffolds; configure a real model for real results)"
             )
+        if warnings:
+            message += f"; {len(warnings)} warning(s), see warnings"
         return SubmitResult(
             session_id=status.session_id,
             state=status.state,
@@ -329,6 +335,7 @@ class Engine:
             created_at=status.created_at,
             estimated_completion=status.estimated_completion,
             created=created,
+            warnings=warnings,
         )
 
     def _check_request(self, request: SubmitRequest) -> None:
@@ -519,15 +526,20 @@ class Engine:
                     pending = await self._read(self.store.events_after, session_id, last)
                     if not pending and time.monotonic() - idle_since >= self.settings.watch_heartbeat_seconds:
                         idle_since = time.monotonic()
-                        yield self._heartbeat(session_id, last)
+                        yield await self._heartbeat(status, last)
 
-    def _heartbeat(self, session_id: str, last: int) -> WorkflowEvent:
+    async def _heartbeat(self, watched: WorkflowStatus, last: int) -> WorkflowEvent:
+        """A heartbeat carries the session's state, progress and phase as the store has them now (the same fold
+        a status call reads), so a client that shows a progress bar never drops to 0 while it waits."""
+        status = await self._read(self.store.status, watched.session_id) or watched
         return WorkflowEvent(
-            session_id=session_id,
+            session_id=status.session_id,
             sequence=last,
             type=EventType.HEARTBEAT,
             time=datetime.now(UTC),
-            state=WorkflowState.RUNNING,
+            phase=status.current_phase,
+            state=status.state,
+            progress=status.progress,
             message="waiting for the next event",
         )
 
@@ -624,7 +636,8 @@ class Engine:
                     message=reason,
                     usage=_usage_of_failure(exc),
                 )
-                await self._emit_many(session_id, [failed_phase, _failed(f"phase {phase.name} failed: {reason}")])
+                failed = _failed(f"phase {phase.name} failed: {reason}", _failure_code(exc))
+                await self._emit_many(session_id, [failed_phase, failed])
                 return "failed"
             result = PhaseResult.model_validate(raw)
             phase_usage = Usage(
@@ -642,16 +655,17 @@ class Engine:
                     f"phase:{phase.name}:completed",
                     EventType.PHASE_COMPLETED,
                     phase=phase.name,
+                    message=_phase_message(result.output),
                     data=result.output,
                     usage=phase_usage,
                 )
             ]
             over = _over_budget(configuration, usage)
             if over:
-                await self._emit_many(session_id, [*pending, _failed(over)])
+                await self._emit_many(session_id, [*pending, _failed(over, WorkflowErrorCode.BUDGET_EXCEEDED)])
                 return "failed"
         final = assemble_result(definition, outputs, usage)
-        done = EventDraft("completed", EventType.WORKFLOW_COMPLETED, message="workflow completed", result=final)
+        done = EventDraft("completed", EventType.WORKFLOW_COMPLETED, message=_completed_message(final), result=final)
         await self._emit_many(session_id, [*pending, done])
         self._durations.pop(workflow_type, None)
         return "completed"
@@ -760,6 +774,14 @@ class Engine:
             if status is not None:
                 await self._enqueue(session_id, status.workflow_type, status.priority)
 
+    def _nominal_estimate(self, definition: WorkflowDefinition, configuration: dict[str, Any]) -> float:
+        """Seconds a type's run should take before any run of it finished: its phases that will run, each at
+        the operator's nominal_phase_seconds. The phase definitions carry only timeouts, which are upper
+        bounds; a setting lets an operator whose models are much faster or slower say so."""
+        skipped = configuration.get("skip_phases", [])
+        running = [p for p in definition.phases if p.name not in skipped]
+        return len(running) * self.settings.nominal_phase_seconds
+
     async def _estimate(self, workflow_type: str) -> float | None:
         cached = self._durations.get(workflow_type)
         if cached is not None and time.monotonic() - cached[0] < 10:
@@ -790,6 +812,20 @@ def assemble_result(definition: WorkflowDefinition, outputs: dict[str, dict[str,
     )
 
 
+def _completed_message(result: WorkflowResult) -> str:
+    """Says plainly when the generated tests failed or never ran: "completed" alone would read as a clean run."""
+    if result.test_report is None:
+        return "workflow completed"
+    outcome = classify_test_report(result.test_report)
+    return f"workflow completed{'; ' if outcome.kind == 'passed' else ', but '}{outcome.message}"
+
+
+def _phase_message(output: dict[str, Any]) -> str:
+    """A phase that ran tests (the tester's) says how they went in its completion event."""
+    report = output.get("report")
+    return classify_test_report(TestReport.model_validate(report)).message if isinstance(report, dict) else ""
+
+
 def _usage_of_failure(exc: BaseException) -> Usage | None:
     """What a failed phase consumed before it failed, when the agents could tell (tokens spent still count)."""
     cause: BaseException | None = exc
@@ -807,8 +843,20 @@ def _usage_of_failure(exc: BaseException) -> Usage | None:
     return None
 
 
-def _failed(message: str) -> EventDraft:
-    return EventDraft("failed", EventType.WORKFLOW_FAILED, message=message)
+def _failed(message: str, code: WorkflowErrorCode | None = None) -> EventDraft:
+    data = failure_data(code) if code is not None else None
+    return EventDraft("failed", EventType.WORKFLOW_FAILED, message=message, data=data)
+
+
+def _failure_code(exc: BaseException) -> WorkflowErrorCode:
+    """budget_exceeded when the budget is why the phase failed (DBOS may wrap the agents' error), else
+    phase_failed."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, BudgetExceeded):
+            return WorkflowErrorCode.BUDGET_EXCEEDED
+        cause = cause.__cause__
+    return WorkflowErrorCode.PHASE_FAILED
 
 
 def _remaining(configuration: dict[str, Any], usage: Usage) -> Budget | None:

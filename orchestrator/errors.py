@@ -103,7 +103,7 @@ class PermissionDenied(OrchestratorError):
     """The caller is known but may not do this, e.g. a read-only token submitting a workflow."""
 
     code = "PERMISSION_DENIED"
-    REASONS = ("SCOPE_MISSING",)
+    REASONS = ("SCOPE_MISSING", "ORIGIN_NOT_ALLOWED")
 
     def __init__(self, message: str, reason: str = "SCOPE_MISSING") -> None:
         super().__init__(message)

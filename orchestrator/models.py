@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Priority(StrEnum):
@@ -87,6 +87,7 @@ class SubmitResult(_Model):
     created_at: datetime
     estimated_completion: datetime | None
     created: bool
+    warnings: list[str] = Field(default_factory=list)
 
 
 class PhaseStatus(_Model):
@@ -111,6 +112,8 @@ class TestReport(_Model):
     success: bool = False
     output: str = ""
     iterations: int = 0
+    # Why no test ran (orchestrator/sandbox.py); empty when they ran. orchestrator.outcome words the outcome.
+    not_run_reason: str = ""
 
 
 class ReviewFinding(_Model):
@@ -151,6 +154,25 @@ class WorkflowResult(_Model):
     outputs: dict[str, Any] = Field(default_factory=dict)
 
 
+class WorkflowErrorCode(StrEnum):
+    """Stable codes of WorkflowError: clients branch on these, so they never change meaning."""
+
+    PHASE_FAILED = "phase_failed"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    WORKFLOW_FAILED = "workflow_failed"  # a failure outside any phase, e.g. its type vanished from the catalog
+    CANCELLED = "cancelled"
+    TESTS_FAILED = "tests_failed"
+    TESTS_NOT_RUN = "tests_not_run"
+
+
+class WorkflowError(_Model):
+    """An error a workflow met. `phase` is empty when it concerns the whole workflow."""
+
+    phase: str = ""
+    code: str = ""
+    message: str = ""
+
+
 class WorkflowStatus(_Model):
     session_id: str
     workflow_type: str
@@ -160,7 +182,7 @@ class WorkflowStatus(_Model):
     current_phase: str = ""
     phases_completed: list[str] = Field(default_factory=list)
     phases: list[PhaseStatus] = Field(default_factory=list)
-    errors: list[str] = Field(default_factory=list)
+    errors: list[WorkflowError] = Field(default_factory=list)
     partial_results: dict[str, Any] = Field(default_factory=dict)
     result: WorkflowResult | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -173,6 +195,14 @@ class WorkflowStatus(_Model):
     model: str = ""
     request_id: str = ""
     tenant: str = ""
+
+    @field_validator("errors", mode="before")
+    @classmethod
+    def _errors_from_strings(cls, value: Any) -> Any:
+        # Statuses stored before errors were structured hold plain strings; they must still load.
+        if isinstance(value, list):
+            return [WorkflowError(message=item) if isinstance(item, str) else item for item in value]
+        return value
 
 
 class WorkflowEvent(_Model):

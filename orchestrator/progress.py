@@ -11,12 +11,16 @@ from orchestrator.models import (
     EventType,
     PhaseState,
     PhaseStatus,
+    TestReport,
     Usage,
+    WorkflowError,
+    WorkflowErrorCode,
     WorkflowEvent,
     WorkflowResult,
     WorkflowState,
     WorkflowStatus,
 )
+from orchestrator.outcome import classify_test_report
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,13 @@ def apply(
         case EventType.WORKFLOW_COMPLETED:
             update["result"] = draft.result
             update["current_phase"] = ""
+            if draft.result is not None and draft.result.test_report is not None:
+                problem = _tests_problem(draft.result.test_report, phases)
+                if problem is not None:
+                    errors.append(problem)
         case EventType.WORKFLOW_FAILED | EventType.WORKFLOW_CANCELLED:
-            if draft.message and not any(draft.message in e for e in errors):
-                errors.append(draft.message)
+            if draft.message and not any(draft.message in e.message for e in errors):
+                errors.append(_failure(status, phases, draft))
             final = PhaseState.CANCELLED if draft.type is EventType.WORKFLOW_CANCELLED else None
             if final is not None:
                 phases = [
@@ -108,6 +116,37 @@ def apply(
         result=draft.result,
     )
     return new, event
+
+
+def failure_data(code: WorkflowErrorCode) -> dict[str, Any]:
+    """The `data` of a failure event whose cause the fold cannot tell from the event type alone (a budget). Kept
+    in the stored event, so the status stays a fold over events and watchers see the same code."""
+    return {"code": code.value}
+
+
+def _failure(status: WorkflowStatus, phases: list[PhaseStatus], draft: EventDraft) -> WorkflowError:
+    """The error a WORKFLOW_FAILED or WORKFLOW_CANCELLED event adds, with the phase it happened in."""
+    if draft.type is EventType.WORKFLOW_CANCELLED:
+        # The phase the cancel interrupted; empty for a workflow cancelled while queued or between phases.
+        return WorkflowError(phase=status.current_phase, code=WorkflowErrorCode.CANCELLED.value, message=draft.message)
+    # A phase failure is written as PHASE_FAILED then WORKFLOW_FAILED; the latter names no phase of its own.
+    failed = draft.phase or next((p.name for p in reversed(phases) if p.state is PhaseState.FAILED), "")
+    code = (draft.data or {}).get("code")
+    if not isinstance(code, str) or code not in {c.value for c in WorkflowErrorCode}:
+        code = WorkflowErrorCode.PHASE_FAILED.value if failed else WorkflowErrorCode.WORKFLOW_FAILED.value
+    return WorkflowError(phase=failed, code=code, message=draft.message)
+
+
+def _tests_problem(report: TestReport, phases: list[PhaseStatus]) -> WorkflowError | None:
+    """A completed workflow whose generated tests failed or never ran says so in its errors: the state alone
+    (`completed`) would let a client believe the code was tested. Worded by orchestrator.outcome, like the
+    completion event and the viewer."""
+    outcome = classify_test_report(report)
+    if outcome.kind == "passed":
+        return None
+    code = WorkflowErrorCode.TESTS_FAILED if outcome.kind == "failed" else WorkflowErrorCode.TESTS_NOT_RUN
+    phase = next((p.name for p in phases if p.agent_role == "tester"), "")
+    return WorkflowError(phase=phase, code=code.value, message=outcome.message)
 
 
 def _progress(phases: list[PhaseStatus], state: WorkflowState) -> int:

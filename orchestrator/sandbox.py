@@ -16,9 +16,13 @@ How it isolates (Linux, util-linux `unshare`, `mount`, `prlimit`, `setpriv`):
   environment only.
 
 Always: a wall-clock timeout that kills the whole process group (and with it the PID namespace), RLIMIT_CPU,
-RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, an environment with only PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE and
-PYTHONPATH, and captured, truncated output. RLIMIT_NPROC counts every process of the uid, so sandboxes running at
-once share it.
+RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, an environment with only PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE,
+PYTHONPATH and PYTEST_DISABLE_PLUGIN_AUTOLOAD, and captured, truncated output. RLIMIT_NPROC counts every process of
+the uid, so sandboxes running at once share it.
+
+pytest is one of the service's own runtime dependencies, so the interpreter running the server can always run
+the tests; a run that could not start, collect or find any test says why in `not_run_reason`, apart from a run
+whose tests failed.
 """
 
 from __future__ import annotations
@@ -104,6 +108,8 @@ class TestRunReport(BaseModel):
     timed_out: bool
     duration_s: float
     isolation: str
+    # Why no test ran (collection or usage error, nothing collected, no runner); empty when the tests ran.
+    not_run_reason: str = ""
 
 
 def _validated_files(files: list[dict[str, Any]]) -> list[tuple[PurePosixPath, str]]:
@@ -263,6 +269,10 @@ def _env_args(home: str) -> list[str]:
         "LANG=C.UTF-8",
         "PYTHONDONTWRITEBYTECODE=1",
         f"PYTHONPATH={home}",
+        # Plain pytest, as the tester's prompt promises: without it the plugins of whatever is installed beside
+        # the server (the dev extras' pytest-asyncio, hypothesis, schemathesis...) would load into every run and
+        # make the same tests behave differently from one installation to the next.
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD=1",
     ]
 
 
@@ -397,6 +407,49 @@ def parse_pytest_summary(output: str) -> tuple[int, int, int]:
     return 0, 0, 0
 
 
+_SKIPPED = re.compile(r"(\d+) skipped\b")
+# pytest's "E   ModuleNotFoundError: No module named 'x'" line under a collection error.
+_EXCEPTION_LINE = re.compile(r"E\s+((?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*)")
+# pytest's exit codes that mean no test ran (https://docs.pytest.org/en/stable/reference/exit-codes.html).
+_NOT_RUN_EXIT = {
+    2: "errors while collecting the tests",
+    3: "pytest stopped on an internal error",
+    4: "pytest was called wrongly",
+    5: "no tests were collected",
+}
+# env(1) when it cannot start the interpreter: not executable, not found.
+_NO_INTERPRETER_EXIT = (126, 127)
+_REASON_CHARS = 300
+
+
+def _not_run_reason(exit_code: int | None, output: str, passed: int, failed: int, errors: int) -> str:
+    """Why no test ran, from pytest's exit code and output; "" when tests ran (whether they passed or not)."""
+    if exit_code is None or passed + failed > 0:  # timed out (ran or hung until killed), or some test ran
+        return ""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if exit_code in _NOT_RUN_EXIT:
+        reason = _NOT_RUN_EXIT[exit_code]
+        # The line that says what went wrong: the usage error, the internal error, or for collection errors the
+        # first file and its exception ("E   SyntaxError: ...", not the "E     File ..." lines before it).
+        markers = {3: ("INTERNALERROR>",), 4: ("ERROR:", "error:")}.get(exit_code)
+        detail = next((line for line in lines if line.startswith(markers)), "") if markers else ""
+        if exit_code == 2:
+            where = next((line.removeprefix("ERROR ") for line in lines if line.startswith("ERROR ")), "")
+            exception = next((m.group(1) for line in lines if (m := _EXCEPTION_LINE.match(line))), "")
+            detail = ": ".join(part for part in (where, exception) if part)
+        return f"{reason} ({detail})"[:_REASON_CHARS] if detail else reason
+    if exit_code == 0:
+        skipped = next((int(m.group(1)) for line in reversed(lines) if (m := _SKIPPED.search(line))), 0)
+        if skipped == 1:
+            return "the one collected test was skipped"
+        return f"all {skipped} collected tests were skipped" if skipped else "no test ran"
+    if (exit_code == 1 and errors == 0) or exit_code in _NO_INTERPRETER_EXIT:
+        # pytest did not start: e.g. "python: No module named pytest" (exit 1), or no interpreter (126, 127).
+        last = lines[-1] if lines else "no output"
+        return f"the test runner did not start (exit code {exit_code}): {last}"[:_REASON_CHARS]
+    return ""
+
+
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -444,12 +497,17 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
             raise
         output = capture.text()
         passed, failed, errors = parse_pytest_summary(output)
-        exit_code = proc.returncode
+        exit_code = None if timed_out else proc.returncode
+        not_run = _not_run_reason(exit_code, output, passed, failed, errors)
         if timed_out:
             output += f"\n[sandbox: killed after the {timeout_s:g}s time limit]"
             errors = max(errors, 1)
-        elif errors == 0 and (exit_code not in (0, 1, 5) or (exit_code == 1 and passed + failed == 0)):
-            errors = 1  # interrupted, crashed before its summary, or killed by a resource limit
+        elif not not_run and exit_code not in (0, 1):
+            # Ran, then crashed or was killed (a resource limit) before or after its summary.
+            output += f"\n[sandbox: the test run ended abnormally with exit code {exit_code}]"
+            errors = max(errors, 1)
+        elif errors == 0 and exit_code not in (0, 5) and passed + failed == 0:
+            errors = 1  # collection or usage error, or no runner: the run is not clean, and says why
         success = not timed_out and exit_code == 0 and failed == 0 and errors == 0 and passed > 0
         return TestRunReport(
             passed=passed,
@@ -457,10 +515,11 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
             errors=errors,
             success=success,
             output=output,
-            exit_code=None if timed_out else exit_code,
+            exit_code=exit_code,
             timed_out=timed_out,
             duration_s=round(time.monotonic() - started, 3),
             isolation=label,
+            not_run_reason=not_run,
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -207,7 +207,17 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 picks one.")
     http_port: int = Field(8080, ge=0, le=65535, description="REST port served by the Envoy sidecar.")
-    envoy_admin_port: int = Field(9901, ge=0, le=65535, description="Envoy admin port (loopback only).")
+    live_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="HTTP/1.1 port of the live endpoint (WebSocket, REST watch) Envoy routes to; 0 picks one.",
+    )
+    # 0, not Envoy's customary 9901: a fixed default kept a second instance on the same host from starting. The
+    # sidecar learns the chosen port from the file Envoy writes (--admin-address-path).
+    envoy_admin_port: int = Field(
+        0, ge=0, le=65535, description="Envoy admin port (loopback only); 0 picks a free one."
+    )
     envoy: bool = Field(True, description="Run the Envoy sidecar as a child process of `orchestrator serve`.")
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_ALLOWED_HOSTS,
@@ -258,6 +268,14 @@ class Settings(BaseSettings):
         24.0 * 30, gt=0, description="Finished sessions are kept this long, then purged with their events."
     )
     purge_interval_seconds: float = Field(600.0, gt=0, description="How often finished sessions are purged.")
+    # A model-backed phase is one to a few model calls of tens of seconds each (the tester's fix loop more),
+    # so a minute is the right order of magnitude; phase timeouts (600 s) are upper bounds, not estimates.
+    nominal_phase_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=24 * 3600,
+        description="Seconds per phase assumed for estimated_completion until a workflow type has finished runs.",
+    )
 
     # Input limits.
     max_requirements_length: int = Field(50_000, ge=1, description="Longest accepted requirements text.")

@@ -174,7 +174,11 @@ def _struct(value: dict[str, Any] | None, target: struct_pb2.Struct) -> None:
 
 def submit_result_to_proto(result: m.SubmitResult) -> pb.ExecuteWorkflowResponse:
     out = pb.ExecuteWorkflowResponse(
-        session_id=result.session_id, state=STATE_TO_PB[result.state], message=result.message, created=result.created
+        session_id=result.session_id,
+        state=STATE_TO_PB[result.state],
+        message=result.message,
+        created=result.created,
+        warnings=result.warnings,
     )
     _ts(result.created_at, out.created_at)
     _ts(result.estimated_completion, out.estimated_completion)
@@ -213,7 +217,9 @@ def status_to_proto(status: m.WorkflowStatus) -> pb.GetWorkflowStatusResponse:
         progress=status.progress,
         current_phase=status.current_phase,
         phases_completed=status.phases_completed,
-        errors=status.errors,
+        # `errors` is deprecated but still filled: clients written before error_details read it.
+        errors=[e.message for e in status.errors],
+        error_details=[wf.WorkflowError(phase=e.phase, code=e.code, message=e.message) for e in status.errors],
         last_sequence=status.last_sequence,
         model=status.model,
         request_id=status.request_id,
@@ -269,7 +275,7 @@ def page_to_proto(page: m.WorkflowPage) -> pb.ListWorkflowsResponse:
 
 
 def types_to_proto(definitions: list[WorkflowDefinition]) -> pb.ListWorkflowTypesResponse:
-    out = pb.ListWorkflowTypesResponse()
+    out = pb.ListWorkflowTypesResponse(names=[d.name for d in definitions])
     for d in definitions:
         item = out.workflow_types.add(name=d.name, description=d.description)
         for p in d.phases:

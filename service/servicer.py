@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,6 +16,9 @@ from service import auth, convert
 from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from service.metrics import ServiceMetrics
+
+# Initial metadata key of ListWorkflowTypes' entity tag (lower case: gRPC metadata keys are).
+ETAG_HEADER = "etag"
 
 
 def _tenant(context: grpc.aio.ServicerContext) -> str:
@@ -33,6 +37,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
         self._metrics = metrics
         self._converted: LruCache[pb.GetWorkflowStatusResponse] = LruCache(capacity=1000, max_age_seconds=60.0)
         self._converted_events: LruCache[pb.WatchWorkflowResponse] = LruCache(capacity=5000, max_age_seconds=60.0)
+        self._types: tuple[pb.ListWorkflowTypesResponse, str] | None = None
 
     async def ExecuteWorkflow(
         self, request: pb.ExecuteWorkflowRequest, context: grpc.aio.ServicerContext
@@ -101,7 +106,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):  # type: ignore
     async def ListWorkflowTypes(
         self, request: pb.ListWorkflowTypesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkflowTypesResponse:
-        return convert.types_to_proto(self._engine.workflow_types())
+        if self._types is None:
+            # The catalog is loaded once at start and never changes while the process runs: convert it, and
+            # hash it, once. The strong ETag is over the deterministic serialization, so every replica running
+            # the same catalog gives the same tag.
+            response = convert.types_to_proto(self._engine.workflow_types())
+            digest = hashlib.sha256(response.SerializeToString(deterministic=True)).hexdigest()[:32]
+            self._types = (response, f'"{digest}"')
+        response, etag = self._types
+        # Envoy turns initial metadata into response headers: the REST face answers If-None-Match with 304 from
+        # it and marks the reply cacheable. gRPC clients can use it the same way.
+        await context.send_initial_metadata(((ETAG_HEADER, etag),))
+        return response
 
     async def Health(self, request: pb.HealthRequest, context: grpc.aio.ServicerContext) -> pb.HealthResponse:
         return convert.health_to_proto(await self._engine.health())

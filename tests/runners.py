@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from orchestrator.agents import PhaseFailed, PhaseRequest, PhaseResult
+from orchestrator.agents import BudgetExceeded, PhaseFailed, PhaseRequest, PhaseResult
 from orchestrator.agents.metering import PhaseUsage
 
 
@@ -20,15 +20,17 @@ class ScriptedRunner:
         self.cancelled: list[tuple[str, str]] = []
         self.started: dict[tuple[str, str], asyncio.Event] = {}
         self._gates: dict[str, asyncio.Event] = {}
-        self._failures: dict[str, str] = {}
+        self._failures: dict[str, tuple[str, bool]] = {}
+        self.configurations: dict[tuple[str, str], dict[str, Any]] = {}  # what each call was given
         self.delay = 0.0
 
     def gate(self, phase: str) -> asyncio.Event:
         self._gates[phase] = asyncio.Event()
         return self._gates[phase]
 
-    def fail(self, phase: str, message: str) -> None:
-        self._failures[phase] = message
+    def fail(self, phase: str, message: str, *, budget: bool = False) -> None:
+        """Make `phase` fail with `message`: PhaseFailed, or BudgetExceeded with `budget`."""
+        self._failures[phase] = (message, budget)
 
     def started_event(self, session_id: str, phase: str) -> asyncio.Event:
         return self.started.setdefault((session_id, phase), asyncio.Event())
@@ -37,6 +39,7 @@ class ScriptedRunner:
         key = (request.session_id, request.phase)
         self.calls.append(key)
         self.counts[key] += 1
+        self.configurations[key] = dict(request.configuration)
         self.started_event(*key).set()
         try:
             if request.phase in self._gates:
@@ -48,7 +51,8 @@ class ScriptedRunner:
             raise
         if request.phase in self._failures:
             spent = PhaseUsage(input_tokens=7, output_tokens=3, requests=2, cost_usd=0.0, model="scripted")
-            raise PhaseFailed(self._failures[request.phase], usage=spent)
+            message, budget = self._failures[request.phase]
+            raise (BudgetExceeded if budget else PhaseFailed)(message, usage=spent)
         output: dict[str, Any] = {"phase": request.phase, "role": request.role, "inputs": sorted(request.inputs)}
         if request.role == "engineer":
             output["files"] = [{"path": "app.py", "language": "python", "content": "print('hi')\n"}]

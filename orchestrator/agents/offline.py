@@ -20,6 +20,9 @@ from typing import Any, Literal
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from orchestrator.models import TestReport
+from orchestrator.outcome import classify_test_report
+
 __all__ = ["OFFLINE_MODEL", "OFFLINE_NOTICE", "OfflineTask", "offline_model", "package_name"]
 
 OFFLINE_MODEL = "offline"
@@ -510,8 +513,7 @@ def _reviewer(task: OfflineTask) -> dict[str, Any]:
             {
                 "severity": "major",
                 "path": "",
-                "message": f"the last sandbox test run did not succeed: {report.get('passed', 0)} passed, "
-                f"{report.get('failed', 0)} failed, {report.get('errors', 0)} errors",
+                "message": f"the last sandbox test run did not succeed: {_outcome(report)}",
             }
         )
     blocking = [f for f in findings if f["severity"] in ("major", "critical")]
@@ -525,6 +527,11 @@ def _reviewer(task: OfflineTask) -> dict[str, Any]:
 
 
 # --- documenter -----------------------------------------------------------------------------------------------
+
+
+def _outcome(report: dict[str, Any]) -> str:
+    """The tests phase's own sentence ("3 of 10 generated tests failed", "tests did not run: ...")."""
+    return str(report.get("summary") or classify_test_report(TestReport.model_validate(report)).message)
 
 
 def _test_report(inputs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -560,13 +567,12 @@ def _documenter(task: OfflineTask) -> dict[str, Any]:
     lines += ["", "## Running the tests", "", "```sh", "python -m pytest -q", "```"]
     report = _test_report(task.inputs)
     if report is not None:
-        state = "all passing" if report.get("success") else "NOT all passing"
+        counts = f"{report.get('passed', 0)} passed, {report.get('failed', 0)} failed, {report.get('errors', 0)} errors"
         lines += [
             "",
             "## Test results",
             "",
-            f"Last sandbox run ({state}): {report.get('passed', 0)} passed, {report.get('failed', 0)} failed, "
-            f"{report.get('errors', 0)} errors, after {report.get('iterations', 1)} round(s).",
+            f"Last sandbox run: {_outcome(report)} ({counts}, after {report.get('iterations', 1)} round(s)).",
         ]
     if package:
         lines += [

@@ -98,6 +98,11 @@ class TestReportOutput(_Out):
     success: bool
     output: str
     iterations: int
+    # Empty when the tests ran; else why not (collection or usage error, nothing collected, no test runner).
+    not_run_reason: str = ""
+    # One plain line for people: "12 generated tests passed", "3 of 10 generated tests failed",
+    # "tests did not run: ..." (orchestrator.outcome).
+    summary: str = ""
 
 
 class TesterOutput(_Out):

@@ -35,6 +35,7 @@ from orchestrator.agents.roles import (
     load_prompt,
 )
 from orchestrator.agents.settings import ROLE_NAMES, AgentSettings, parse_model_id
+from orchestrator.outcome import classify_test_report
 from orchestrator.sandbox import SandboxError, TestRunReport, run_tests
 
 logger = logging.getLogger(__name__)
@@ -275,6 +276,8 @@ class PhaseRunner:
                 success=report.success,
                 output=report.output,
                 iterations=iterations,
+                not_run_reason=report.not_run_reason,
+                summary=classify_test_report(report).message,
             ),
         )
         return output.model_dump(mode="json")

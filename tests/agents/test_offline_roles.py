@@ -91,9 +91,13 @@ def assert_shape(role: str, output: dict[str, Any]) -> None:
         assert_files(output["files"])
         assert_files(output["test_files"])
         report = output["report"]
-        assert set(report) == {"passed", "failed", "errors", "success", "output", "iterations"}
+        assert set(report) == {
+            "passed", "failed", "errors", "success", "output", "iterations", "not_run_reason", "summary"
+        }  # fmt: skip
         assert all(isinstance(report[key], int) for key in ("passed", "failed", "errors", "iterations"))
         assert isinstance(report["success"], bool) and isinstance(report["output"], str)
+        # The tests ran and passed, and the phase's output says so in words.
+        assert report["not_run_reason"] == "" and report["summary"] == f"{report['passed']} generated tests passed"
     elif role == "reviewer":
         assert set(output) == {"summary", "approved", "findings"}
         assert isinstance(output["approved"], bool)

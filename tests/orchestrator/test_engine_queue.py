@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from service.app import App
 from service.gen.orchestrator.v1 import enums_pb2 as enums
@@ -82,17 +83,31 @@ async def test_global_and_per_type_concurrency_limits_hold(tmp_path: Path) -> No
         await app.stop(grace=0.5)
 
 
+def _estimate_seconds(response: pb.ExecuteWorkflowResponse | pb.GetWorkflowStatusResponse) -> float:
+    assert response.HasField("estimated_completion")
+    return (response.estimated_completion.ToDatetime() - response.created_at.ToDatetime()).total_seconds()
+
+
 async def test_estimate_comes_from_earlier_runs_and_retention_purges(tmp_path: Path, runner: ScriptedRunner) -> None:
-    app, channel = await started_app(tmp_path, runner, retention_hours=0.0002)  # 0.72 s
+    # Retention 0.72 s; 100 s per phase to tell the nominal estimate from the history one.
+    app, channel = await started_app(tmp_path, runner, retention_hours=0.0002, nominal_phase_seconds=100.0)
     try:
         stub = pb_grpc.OrchestratorServiceStub(channel)
+        # No history yet: the type's phases at the nominal seconds each (design has 2), skipped ones left out.
         first = await submit(stub, workflow_type="design")
-        assert not first.HasField("estimated_completion")  # no history yet: no guess
+        assert _estimate_seconds(first) == 200.0
+        status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=first.session_id))
+        assert status.estimated_completion == first.estimated_completion
+        config = struct_pb2.Struct()
+        config.update({"skip_phases": ["design"]})
+        skipping = await submit(stub, "skip", workflow_type="design", configuration=config)
+        assert _estimate_seconds(skipping) == 100.0
         await watch_all(stub, first.session_id)
+        await watch_all(stub, skipping.session_id)
         app.engine._durations.clear()  # type: ignore[union-attr]  # the 10 s cache, not the estimate itself
+        # With history: the mean of the earlier runs, which took well under a second here.
         second = await submit(stub, workflow_type="design")
-        assert second.HasField("estimated_completion")
-        assert second.estimated_completion.ToDatetime() > second.created_at.ToDatetime()
+        assert 0 < _estimate_seconds(second) < 10
         await watch_all(stub, second.session_id)
 
         async def purged() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -83,6 +84,7 @@ async def test_execute_then_status_shows_the_completed_result(stub: pb_grpc.Orch
     assert status.result.usage.input_tokens == 60 and status.result.usage.requests == 6
     assert status.last_sequence == events[-1].sequence
     assert status.finished_at.seconds > 0
+    assert list(status.error_details) == [] and list(status.errors) == []
 
 
 async def test_status_progress_while_a_phase_runs(
@@ -111,7 +113,6 @@ async def test_status_progress_while_a_phase_runs(
         ({"workflow_type": "nope"}, "workflow_type", "Unknown workflow type"),
         ({"priority": 99}, "priority", "unknown value"),
         ({"request_id": "r" * 129}, "request_id", "at most 128"),
-        ({"configuration": {"bogus": 1}}, "configuration.bogus", "unknown key"),
         ({"configuration": {"max_fix_iterations": "two"}}, "configuration.max_fix_iterations", "integer"),
         ({"configuration": {"skip_phases": ["nope"]}}, "configuration.skip_phases", "not a phase"),
     ],
@@ -133,6 +134,24 @@ async def test_bad_input_is_invalid_argument_with_field_violations(
     if field == "workflow_type" and text.startswith("Unknown"):
         assert "Unknown workflow type" in error.details()
     assert details(error)["RequestInfo"].request_id == "req-123"
+
+
+async def test_undocumented_configuration_keys_are_passed_on_with_a_warning(
+    stub: pb_grpc.OrchestratorServiceStub, runner: ScriptedRunner
+) -> None:
+    config = struct_pb2.Struct()
+    config.update({"bogus": 1, "team": {"name": "blue"}, "language": "python"})
+    response = await submit(stub, configuration=config)
+    assert response.created
+    assert len(response.warnings) == 2
+    assert "'bogus'" in response.warnings[0] and "'team'" in response.warnings[1]
+    assert "passed on" in response.warnings[0] and "language" in response.warnings[0]  # names the documented keys
+    assert "warning" in response.message
+    assert (await watch_all(stub, response.session_id))[-1].type == enums.EVENT_TYPE_WORKFLOW_COMPLETED
+    seen = runner.configurations[(response.session_id, "requirements")]
+    assert seen["bogus"] == 1 and seen["team"] == {"name": "blue"}
+    plain = await submit(stub)
+    assert list(plain.warnings) == [] and "warning" not in plain.message
 
 
 async def test_server_makes_a_request_id_when_none_is_sent(stub: pb_grpc.OrchestratorServiceStub) -> None:
@@ -264,7 +283,9 @@ async def test_cancel_interrupts_the_running_model_call(
     assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_CANCELLED
     status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
     assert status.state == enums.WORKFLOW_STATE_CANCELLED
-    assert any("changed my mind" in e for e in status.errors)
+    assert [(e.phase, e.code) for e in status.error_details] == [("design", "cancelled")]
+    assert "changed my mind" in status.error_details[0].message
+    assert list(status.errors) == [status.error_details[0].message]  # the deprecated field keeps the messages
     assert runner.counts[(response.session_id, "design")] == 1  # not retried
     assert (response.session_id, "implementation") not in runner.counts
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -294,6 +315,9 @@ async def test_a_failing_phase_fails_the_workflow_with_its_error(
     assert status.phases[1].state == enums.PHASE_STATE_FAILED
     assert "invalid output" in status.phases[1].error
     assert [e for e in status.errors if "invalid output" in e] == [events[-1].message]  # reported once
+    assert [(e.phase, e.code, e.message) for e in status.error_details] == [
+        ("design", "phase_failed", events[-1].message)
+    ]
     # The tokens of the completed phase and of the failed one both count.
     assert (status.usage.input_tokens, status.usage.output_tokens, status.usage.requests) == (10 + 7, 5 + 3, 1 + 2)
     assert runner.counts[(response.session_id, "design")] == 1  # PhaseFailed is final: the runner retried already
@@ -314,6 +338,21 @@ async def test_skip_phases_and_token_budget(stub: pb_grpc.OrchestratorServiceStu
     assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_FAILED
     assert "token budget exceeded: used 45 tokens of 40" in events[-1].message
     assert (response.session_id, "review") not in runner.counts
+    status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
+    assert [(e.phase, e.code) for e in status.error_details] == [("", "budget_exceeded")]  # no phase failed
+    assert status.error_details[0].message == events[-1].message
+
+
+async def test_a_budget_running_out_inside_a_phase_is_budget_exceeded(
+    stub: pb_grpc.OrchestratorServiceStub, runner: ScriptedRunner
+) -> None:
+    runner.fail("design", "token budget exceeded: 5 tokens were left for the workflow", budget=True)
+    response = await submit(stub)
+    events = await watch_all(stub, response.session_id)
+    assert events[-1].type == enums.EVENT_TYPE_WORKFLOW_FAILED
+    status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
+    assert [(e.phase, e.code) for e in status.error_details] == [("design", "budget_exceeded")]
+    assert "token budget exceeded" in status.error_details[0].message
 
 
 async def test_list_pages_through_everything_once_with_filters(
@@ -354,6 +393,7 @@ async def test_list_pages_through_everything_once_with_filters(
 async def test_workflow_types_describe_phases_and_configuration(stub: pb_grpc.OrchestratorServiceStub) -> None:
     response = await stub.ListWorkflowTypes(pb.ListWorkflowTypesRequest())
     types = {t.name: t for t in response.workflow_types}
+    assert list(response.names) == [t.name for t in response.workflow_types] == sorted(types)
     assert {"full", "design", "implement", "review", "bugfix"} <= set(types)
     assert [p.name for p in types["full"].phases] == FULL_PHASES
     assert [p.agent_role for p in types["full"].phases] == [
@@ -368,6 +408,18 @@ async def test_workflow_types_describe_phases_and_configuration(stub: pb_grpc.Or
     assert {"language", "model", "max_fix_iterations", "skip_phases", "budget_tokens", "budget_usd"} <= set(keys)
     assert keys["language"].default_value.string_value == "python"
     assert keys["max_fix_iterations"].type == "integer"
+
+
+async def test_workflow_types_carry_a_stable_strong_etag(stub: pb_grpc.OrchestratorServiceStub) -> None:
+    tags = []
+    for _ in range(2):
+        call = stub.ListWorkflowTypes(pb.ListWorkflowTypesRequest())
+        response = await call
+        metadata = dict(await call.initial_metadata() or ())
+        tags.append((metadata.get("etag"), response.SerializeToString(deterministic=True)))
+    (etag, body), again = tags
+    assert again == (etag, body)
+    assert isinstance(etag, str) and re.fullmatch(r'"[0-9a-f]{32}"', etag)  # strong: quoted, no W/ prefix
 
 
 async def test_health_reports_each_dependency(stub: pb_grpc.OrchestratorServiceStub, channel: grpc.aio.Channel) -> None:

@@ -23,19 +23,45 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from service.gen.orchestrator.v1 import enums_pb2 as orchestrator_dot_v1_dot_enums__pb2
+from service.gen.orchestrator.v1 import rest_pb2 as orchestrator_dot_v1_dot_rest__pb2
 from service.gen.orchestrator.v1 import workflow_pb2 as orchestrator_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*orchestrator/v1/orchestrator_service.proto\x12\x0forchestrator.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1borchestrator/v1/enums.proto\x1a\x1eorchestrator/v1/workflow.proto\"\xb6\x01\n\x16\x45xecuteWorkflowRequest\x12\x14\n\x0crequirements\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12.\n\rconfiguration\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08priority\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.Priority\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xe8\x01\n\x17\x45xecuteWorkflowResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowState\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x08\".\n\x18GetWorkflowStatusRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xb2\x05\n\x19GetWorkflowStatusResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowState\x12+\n\x08priority\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.Priority\x12\x10\n\x08progress\x18\x05 \x01(\x05\x12\x15\n\rcurrent_phase\x18\x06 \x01(\t\x12\x18\n\x10phases_completed\x18\x07 \x03(\t\x12,\n\x06phases\x18\x08 \x03(\x0b\x32\x1c.orchestrator.v1.PhaseStatus\x12\x0e\n\x06\x65rrors\x18\t \x03(\t\x12\x30\n\x0fpartial_results\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x06result\x18\x0b \x01(\x0b\x32\x1f.orchestrator.v1.WorkflowResult\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_sequence\x18\x10 \x01(\x03\x12\r\n\x05model\x18\x11 \x01(\t\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12%\n\x05usage\x18\x13 \x01(\x0b\x32\x16.orchestrator.v1.Usage\"B\n\x14WatchWorkflowRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xca\x02\n\x15WatchWorkflowResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04type\x18\x03 \x01(\x0e\x32\x1a.orchestrator.v1.EventType\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05phase\x18\x05 \x01(\t\x12-\n\x05state\x18\x06 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowState\x12\x10\n\x08progress\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t\x12%\n\x04\x64\x61ta\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x06result\x18\n \x01(\x0b\x32\x1f.orchestrator.v1.WorkflowResult\";\n\x15\x43\x61ncelWorkflowRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"l\n\x16\x43\x61ncelWorkflowResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowState\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x83\x01\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowState\x12\x15\n\rworkflow_type\x18\x04 \x01(\t\"e\n\x15ListWorkflowsResponse\x12\x33\n\tworkflows\x18\x01 \x03(\x0b\x32 .orchestrator.v1.WorkflowSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1a\n\x18ListWorkflowTypesRequest\"R\n\x19ListWorkflowTypesResponse\x12\x35\n\x0eworkflow_types\x18\x01 \x03(\x0b\x32\x1d.orchestrator.v1.WorkflowType\"\x0f\n\rHealthRequest\"\xc8\x01\n\x0eHealthResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.orchestrator.v1.ServingStatus\x12\x37\n\x0c\x64\x65pendencies\x18\x02 \x03(\x0b\x32!.orchestrator.v1.DependencyHealth\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf8\x08\n\x13OrchestratorService\x12\xa1\x01\n\x0f\x45xecuteWorkflow\x12\'.orchestrator.v1.ExecuteWorkflowRequest\x1a(.orchestrator.v1.ExecuteWorkflowResponse\";\x82\xd3\xe4\x93\x02\x35\"\x11/execute-workflow:\x01*Z\x1d\"\x18/api/v1/execute-workflow:\x01*\x12\xb9\x01\n\x11GetWorkflowStatus\x12).orchestrator.v1.GetWorkflowStatusRequest\x1a*.orchestrator.v1.GetWorkflowStatusResponse\"M\x82\xd3\xe4\x93\x02G\x12\x1d/workflow-status/{session_id}Z&\x12$/api/v1/workflow-status/{session_id}\x12\xaf\x01\n\rWatchWorkflow\x12%.orchestrator.v1.WatchWorkflowRequest\x1a&.orchestrator.v1.WatchWorkflowResponse\"M\x82\xd3\xe4\x93\x02G\x12\x1d/workflow-events/{session_id}Z&\x12$/api/v1/workflow-events/{session_id}0\x01\x12\xb6\x01\n\x0e\x43\x61ncelWorkflow\x12&.orchestrator.v1.CancelWorkflowRequest\x1a\'.orchestrator.v1.CancelWorkflowResponse\"S\x82\xd3\xe4\x93\x02M\"\x1d/cancel-workflow/{session_id}:\x01*Z)\"$/api/v1/cancel-workflow/{session_id}:\x01*\x12\x87\x01\n\rListWorkflows\x12%.orchestrator.v1.ListWorkflowsRequest\x1a&.orchestrator.v1.ListWorkflowsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\n/workflowsZ\x13\x12\x11/api/v1/workflows\x12\x9d\x01\n\x11ListWorkflowTypes\x12).orchestrator.v1.ListWorkflowTypesRequest\x1a*.orchestrator.v1.ListWorkflowTypesResponse\"1\x82\xd3\xe4\x93\x02+\x12\x0f/workflow-typesZ\x18\x12\x16/api/v1/workflow-types\x12l\n\x06Health\x12\x1e.orchestrator.v1.HealthRequest\x1a\x1f.orchestrator.v1.HealthResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x07/healthZ\x10\x12\x0e/api/v1/healthb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*orchestrator/v1/orchestrator_service.proto\x12\x0forchestrator.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1borchestrator/v1/enums.proto\x1a\x1aorchestrator/v1/rest.proto\x1a\x1eorchestrator/v1/workflow.proto\"\xc2\x01\n\x16\x45xecuteWorkflowRequest\x12\x1a\n\x0crequirements\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rworkflow_type\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12.\n\rconfiguration\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08priority\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.Priority\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x92\x02\n\x17\x45xecuteWorkflowResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x45\n\x05state\x18\x02 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowStateB\x16\xa2\xbb\x18\x12\n\x06status\x1a\x08\x61\x63\x63\x65pted\x12\x0f\n\x07message\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x08\x12\x10\n\x08warnings\x18\x07 \x03(\t\".\n\x18GetWorkflowStatusRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x97\x06\n\x19GetWorkflowStatusResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12;\n\x05state\x18\x03 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowStateB\x0c\xa2\xbb\x18\x08\n\x06status\x12+\n\x08priority\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.Priority\x12\x10\n\x08progress\x18\x05 \x01(\x05\x12\x15\n\rcurrent_phase\x18\x06 \x01(\t\x12\x18\n\x10phases_completed\x18\x07 \x03(\t\x12,\n\x06phases\x18\x08 \x03(\x0b\x32\x1c.orchestrator.v1.PhaseStatus\x12\x18\n\x06\x65rrors\x18\t \x03(\tB\x08\x18\x01\xa2\xbb\x18\x02 \x01\x12\x30\n\x0fpartial_results\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x37\n\x06result\x18\x0b \x01(\x0b\x32\x1f.orchestrator.v1.WorkflowResultB\x06\xa2\xbb\x18\x02\x10\x01\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x65stimated_completion\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_sequence\x18\x10 \x01(\x03\x12\r\n\x05model\x18\x11 \x01(\t\x12\x12\n\nrequest_id\x18\x12 \x01(\t\x12%\n\x05usage\x18\x13 \x01(\x0b\x32\x16.orchestrator.v1.Usage\x12\x43\n\rerror_details\x18\x14 \x03(\x0b\x32\x1e.orchestrator.v1.WorkflowErrorB\x0c\xa2\xbb\x18\x08\n\x06\x65rrors\"B\n\x14WatchWorkflowRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xd8\x02\n\x15WatchWorkflowResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04type\x18\x03 \x01(\x0e\x32\x1a.orchestrator.v1.EventType\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05phase\x18\x05 \x01(\t\x12;\n\x05state\x18\x06 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowStateB\x0c\xa2\xbb\x18\x08\n\x06status\x12\x10\n\x08progress\x18\x07 \x01(\x05\x12\x0f\n\x07message\x18\x08 \x01(\t\x12%\n\x04\x64\x61ta\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x06result\x18\n \x01(\x0b\x32\x1f.orchestrator.v1.WorkflowResult\";\n\x15\x43\x61ncelWorkflowRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"z\n\x16\x43\x61ncelWorkflowResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12;\n\x05state\x18\x02 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowStateB\x0c\xa2\xbb\x18\x08\n\x06status\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x91\x01\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12;\n\x05state\x18\x03 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowStateB\x0c\xa2\xbb\x18\x08\n\x06status\x12\x15\n\rworkflow_type\x18\x04 \x01(\t\"e\n\x15ListWorkflowsResponse\x12\x33\n\tworkflows\x18\x01 \x03(\x0b\x32 .orchestrator.v1.WorkflowSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1a\n\x18ListWorkflowTypesRequest\"\x94\x01\n\x19ListWorkflowTypesResponse\x12R\n\x0eworkflow_types\x18\x01 \x03(\x0b\x32\x1d.orchestrator.v1.WorkflowTypeB\x1b\xa2\xbb\x18\x17\n\x15workflow_type_details\x12#\n\x05names\x18\x02 \x03(\tB\x14\xa2\xbb\x18\x10\n\x0eworkflow_types\"\x0f\n\rHealthRequest\"\xc8\x01\n\x0eHealthResponse\x12.\n\x06status\x18\x01 \x01(\x0e\x32\x1e.orchestrator.v1.ServingStatus\x12\x37\n\x0c\x64\x65pendencies\x18\x02 \x03(\x0b\x32!.orchestrator.v1.DependencyHealth\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf8\x08\n\x13OrchestratorService\x12\xa1\x01\n\x0f\x45xecuteWorkflow\x12\'.orchestrator.v1.ExecuteWorkflowRequest\x1a(.orchestrator.v1.ExecuteWorkflowResponse\";\x82\xd3\xe4\x93\x02\x35\"\x11/execute-workflow:\x01*Z\x1d\"\x18/api/v1/execute-workflow:\x01*\x12\xb9\x01\n\x11GetWorkflowStatus\x12).orchestrator.v1.GetWorkflowStatusRequest\x1a*.orchestrator.v1.GetWorkflowStatusResponse\"M\x82\xd3\xe4\x93\x02G\x12\x1d/workflow-status/{session_id}Z&\x12$/api/v1/workflow-status/{session_id}\x12\xaf\x01\n\rWatchWorkflow\x12%.orchestrator.v1.WatchWorkflowRequest\x1a&.orchestrator.v1.WatchWorkflowResponse\"M\x82\xd3\xe4\x93\x02G\x12\x1d/workflow-events/{session_id}Z&\x12$/api/v1/workflow-events/{session_id}0\x01\x12\xb6\x01\n\x0e\x43\x61ncelWorkflow\x12&.orchestrator.v1.CancelWorkflowRequest\x1a\'.orchestrator.v1.CancelWorkflowResponse\"S\x82\xd3\xe4\x93\x02M\"\x1d/cancel-workflow/{session_id}:\x01*Z)\"$/api/v1/cancel-workflow/{session_id}:\x01*\x12\x87\x01\n\rListWorkflows\x12%.orchestrator.v1.ListWorkflowsRequest\x1a&.orchestrator.v1.ListWorkflowsResponse\"\'\x82\xd3\xe4\x93\x02!\x12\n/workflowsZ\x13\x12\x11/api/v1/workflows\x12\x9d\x01\n\x11ListWorkflowTypes\x12).orchestrator.v1.ListWorkflowTypesRequest\x1a*.orchestrator.v1.ListWorkflowTypesResponse\"1\x82\xd3\xe4\x93\x02+\x12\x0f/workflow-typesZ\x18\x12\x16/api/v1/workflow-types\x12l\n\x06Health\x12\x1e.orchestrator.v1.HealthRequest\x1a\x1f.orchestrator.v1.HealthResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x07/healthZ\x10\x12\x0e/api/v1/healthb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orchestrator.v1.orchestrator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EXECUTEWORKFLOWREQUEST'].fields_by_name['requirements']._loaded_options = None
+  _globals['_EXECUTEWORKFLOWREQUEST'].fields_by_name['requirements']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEWORKFLOWREQUEST'].fields_by_name['workflow_type']._loaded_options = None
+  _globals['_EXECUTEWORKFLOWREQUEST'].fields_by_name['workflow_type']._serialized_options = b'\342A\001\002'
+  _globals['_EXECUTEWORKFLOWRESPONSE'].fields_by_name['state']._loaded_options = None
+  _globals['_EXECUTEWORKFLOWRESPONSE'].fields_by_name['state']._serialized_options = b'\242\273\030\022\n\006status\032\010accepted'
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['state']._loaded_options = None
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['state']._serialized_options = b'\242\273\030\010\n\006status'
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['errors']._loaded_options = None
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['errors']._serialized_options = b'\030\001\242\273\030\002 \001'
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['result']._loaded_options = None
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['result']._serialized_options = b'\242\273\030\002\020\001'
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['error_details']._loaded_options = None
+  _globals['_GETWORKFLOWSTATUSRESPONSE'].fields_by_name['error_details']._serialized_options = b'\242\273\030\010\n\006errors'
+  _globals['_WATCHWORKFLOWRESPONSE'].fields_by_name['state']._loaded_options = None
+  _globals['_WATCHWORKFLOWRESPONSE'].fields_by_name['state']._serialized_options = b'\242\273\030\010\n\006status'
+  _globals['_CANCELWORKFLOWRESPONSE'].fields_by_name['state']._loaded_options = None
+  _globals['_CANCELWORKFLOWRESPONSE'].fields_by_name['state']._serialized_options = b'\242\273\030\010\n\006status'
+  _globals['_LISTWORKFLOWSREQUEST'].fields_by_name['state']._loaded_options = None
+  _globals['_LISTWORKFLOWSREQUEST'].fields_by_name['state']._serialized_options = b'\242\273\030\010\n\006status'
+  _globals['_LISTWORKFLOWTYPESRESPONSE'].fields_by_name['workflow_types']._loaded_options = None
+  _globals['_LISTWORKFLOWTYPESRESPONSE'].fields_by_name['workflow_types']._serialized_options = b'\242\273\030\027\n\025workflow_type_details'
+  _globals['_LISTWORKFLOWTYPESRESPONSE'].fields_by_name['names']._loaded_options = None
+  _globals['_LISTWORKFLOWTYPESRESPONSE'].fields_by_name['names']._serialized_options = b'\242\273\030\020\n\016workflow_types'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ExecuteWorkflow']._loaded_options = None
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ExecuteWorkflow']._serialized_options = b'\202\323\344\223\0025\"\021/execute-workflow:\001*Z\035\"\030/api/v1/execute-workflow:\001*'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetWorkflowStatus']._loaded_options = None
@@ -50,34 +76,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListWorkflowTypes']._serialized_options = b'\202\323\344\223\002+\022\017/workflow-typesZ\030\022\026/api/v1/workflow-types'
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['Health']._loaded_options = None
   _globals['_ORCHESTRATORSERVICE'].methods_by_name['Health']._serialized_options = b'\202\323\344\223\002\033\022\007/healthZ\020\022\016/api/v1/health'
-  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_start=218
-  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_end=400
-  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_start=403
-  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_end=635
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=637
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=683
-  _globals['_GETWORKFLOWSTATUSRESPONSE']._serialized_start=686
-  _globals['_GETWORKFLOWSTATUSRESPONSE']._serialized_end=1376
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=1378
-  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=1444
-  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=1447
-  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=1777
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1779
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1838
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=1840
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=1948
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=1951
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2082
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=2084
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2185
-  _globals['_LISTWORKFLOWTYPESREQUEST']._serialized_start=2187
-  _globals['_LISTWORKFLOWTYPESREQUEST']._serialized_end=2213
-  _globals['_LISTWORKFLOWTYPESRESPONSE']._serialized_start=2215
-  _globals['_LISTWORKFLOWTYPESRESPONSE']._serialized_end=2297
-  _globals['_HEALTHREQUEST']._serialized_start=2299
-  _globals['_HEALTHREQUEST']._serialized_end=2314
-  _globals['_HEALTHRESPONSE']._serialized_start=2317
-  _globals['_HEALTHRESPONSE']._serialized_end=2517
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=2520
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=3664
+  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_start=279
+  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_end=473
+  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_start=476
+  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_end=750
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=752
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=798
+  _globals['_GETWORKFLOWSTATUSRESPONSE']._serialized_start=801
+  _globals['_GETWORKFLOWSTATUSRESPONSE']._serialized_end=1592
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=1594
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=1660
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=1663
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=2007
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=2009
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=2068
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=2070
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=2192
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=2195
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=2340
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=2342
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=2443
+  _globals['_LISTWORKFLOWTYPESREQUEST']._serialized_start=2445
+  _globals['_LISTWORKFLOWTYPESREQUEST']._serialized_end=2471
+  _globals['_LISTWORKFLOWTYPESRESPONSE']._serialized_start=2474
+  _globals['_LISTWORKFLOWTYPESRESPONSE']._serialized_end=2622
+  _globals['_HEALTHREQUEST']._serialized_start=2624
+  _globals['_HEALTHREQUEST']._serialized_end=2639
+  _globals['_HEALTHRESPONSE']._serialized_start=2642
+  _globals['_HEALTHRESPONSE']._serialized_end=2842
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=2845
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=3989
 # @@protoc_insertion_point(module_scope)

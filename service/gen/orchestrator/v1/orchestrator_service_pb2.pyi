@@ -1,9 +1,11 @@
 import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from service.gen.orchestrator.v1 import enums_pb2 as _enums_pb2
+from service.gen.orchestrator.v1 import rest_pb2 as _rest_pb2
 from service.gen.orchestrator.v1 import workflow_pb2 as _workflow_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -28,20 +30,22 @@ class ExecuteWorkflowRequest(_message.Message):
     def __init__(self, requirements: _Optional[str] = ..., workflow_type: _Optional[str] = ..., configuration: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ExecuteWorkflowResponse(_message.Message):
-    __slots__ = ("session_id", "state", "message", "created_at", "estimated_completion", "created")
+    __slots__ = ("session_id", "state", "message", "created_at", "estimated_completion", "created", "warnings")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_COMPLETION_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: _enums_pb2.WorkflowState
     message: str
     created_at: _timestamp_pb2.Timestamp
     estimated_completion: _timestamp_pb2.Timestamp
     created: bool
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., message: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetWorkflowStatusRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -50,7 +54,7 @@ class GetWorkflowStatusRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class GetWorkflowStatusResponse(_message.Message):
-    __slots__ = ("session_id", "workflow_type", "state", "priority", "progress", "current_phase", "phases_completed", "phases", "errors", "partial_results", "result", "created_at", "updated_at", "finished_at", "estimated_completion", "last_sequence", "model", "request_id", "usage")
+    __slots__ = ("session_id", "workflow_type", "state", "priority", "progress", "current_phase", "phases_completed", "phases", "errors", "partial_results", "result", "created_at", "updated_at", "finished_at", "estimated_completion", "last_sequence", "model", "request_id", "usage", "error_details")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +74,7 @@ class GetWorkflowStatusResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAILS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     workflow_type: str
     state: _enums_pb2.WorkflowState
@@ -89,7 +94,8 @@ class GetWorkflowStatusResponse(_message.Message):
     model: str
     request_id: str
     usage: _workflow_pb2.Usage
-    def __init__(self, session_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., progress: _Optional[int] = ..., current_phase: _Optional[str] = ..., phases_completed: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[_workflow_pb2.PhaseStatus, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., partial_results: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_workflow_pb2.WorkflowResult, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., usage: _Optional[_Union[_workflow_pb2.Usage, _Mapping]] = ...) -> None: ...
+    error_details: _containers.RepeatedCompositeFieldContainer[_workflow_pb2.WorkflowError]
+    def __init__(self, session_id: _Optional[str] = ..., workflow_type: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.WorkflowState, str]] = ..., priority: _Optional[_Union[_enums_pb2.Priority, str]] = ..., progress: _Optional[int] = ..., current_phase: _Optional[str] = ..., phases_completed: _Optional[_Iterable[str]] = ..., phases: _Optional[_Iterable[_Union[_workflow_pb2.PhaseStatus, _Mapping]]] = ..., errors: _Optional[_Iterable[str]] = ..., partial_results: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_workflow_pb2.WorkflowResult, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated_completion: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_sequence: _Optional[int] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., usage: _Optional[_Union[_workflow_pb2.Usage, _Mapping]] = ..., error_details: _Optional[_Iterable[_Union[_workflow_pb2.WorkflowError, _Mapping]]] = ...) -> None: ...
 
 class WatchWorkflowRequest(_message.Message):
     __slots__ = ("session_id", "after_sequence")
@@ -166,10 +172,12 @@ class ListWorkflowTypesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListWorkflowTypesResponse(_message.Message):
-    __slots__ = ("workflow_types",)
+    __slots__ = ("workflow_types", "names")
     WORKFLOW_TYPES_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
     workflow_types: _containers.RepeatedCompositeFieldContainer[_workflow_pb2.WorkflowType]
-    def __init__(self, workflow_types: _Optional[_Iterable[_Union[_workflow_pb2.WorkflowType, _Mapping]]] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, workflow_types: _Optional[_Iterable[_Union[_workflow_pb2.WorkflowType, _Mapping]]] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

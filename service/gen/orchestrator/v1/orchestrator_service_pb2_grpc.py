@@ -83,8 +83,8 @@ class OrchestratorServiceServicer:
     def ExecuteWorkflow(self, request, context):
         """Accepts a workflow and queues it; returns at once with the session id.
         Returns INVALID_ARGUMENT (with field violations) for a missing or oversize `requirements`, an unknown
-        `workflow_type`, an unknown priority or configuration key; ALREADY_EXISTS when `request_id` was used for a
-        different request; UNAVAILABLE while the server shuts down.
+        `workflow_type`, an unknown priority or a bad value for a documented configuration key; ALREADY_EXISTS when
+        `request_id` was used for a different request; UNAVAILABLE while the server shuts down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,37 +25,42 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from service.gen.orchestrator.v1 import enums_pb2 as orchestrator_dot_v1_dot_enums__pb2
+from service.gen.orchestrator.v1 import rest_pb2 as orchestrator_dot_v1_dot_rest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eorchestrator/v1/workflow.proto\x12\x0forchestrator.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1borchestrator/v1/enums.proto\"\xcb\x01\n\x0bPhaseStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nagent_role\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.orchestrator.v1.PhaseState\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"@\n\rGeneratedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\"q\n\nTestReport\x12\x0e\n\x06passed\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x05\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x12\n\niterations\x18\x06 \x01(\x05\"@\n\rReviewFinding\x12\x10\n\x08severity\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"]\n\x06Review\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.orchestrator.v1.ReviewFinding\"h\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x0e\n\x06models\x18\x05 \x03(\t\"\x8b\x02\n\x0eWorkflowResult\x12\x36\n\x0egenerated_code\x18\x01 \x03(\x0b\x32\x1e.orchestrator.v1.GeneratedFile\x12\x30\n\x0btest_report\x18\x02 \x01(\x0b\x32\x1b.orchestrator.v1.TestReport\x12\'\n\x06review\x18\x03 \x01(\x0b\x32\x17.orchestrator.v1.Review\x12\x15\n\rdocumentation\x18\x04 \x01(\t\x12%\n\x05usage\x18\x05 \x01(\x0b\x32\x16.orchestrator.v1.Usage\x12(\n\x07outputs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xa1\x02\n\x0fWorkflowSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowState\x12+\n\x08priority\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.Priority\x12\x10\n\x08progress\x18\x05 \x01(\x05\x12\x15\n\rcurrent_phase\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x10\x43onfigurationKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"v\n\x0fPhaseDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nagent_role\x18\x02 \x01(\t\x12\x12\n\ndepends_on\x18\x03 \x03(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"\xa2\x01\n\x0cWorkflowType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x06phases\x18\x03 \x03(\x0b\x32 .orchestrator.v1.PhaseDefinition\x12=\n\x12\x63onfiguration_keys\x18\x04 \x03(\x0b\x32!.orchestrator.v1.ConfigurationKey\"a\n\x10\x44\x65pendencyHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.orchestrator.v1.ServingStatus\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eorchestrator/v1/workflow.proto\x12\x0forchestrator.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1borchestrator/v1/enums.proto\x1a\x1aorchestrator/v1/rest.proto\"\xcb\x01\n\x0bPhaseStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nagent_role\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.orchestrator.v1.PhaseState\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"=\n\rWorkflowError\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"@\n\rGeneratedFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\"\x89\x01\n\nTestReport\x12\x0e\n\x06passed\x18\x01 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x05\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x05\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x0e\n\x06output\x18\x05 \x01(\t\x12\x12\n\niterations\x18\x06 \x01(\x05\x12\x16\n\x0enot_run_reason\x18\x07 \x01(\t\"@\n\rReviewFinding\x12\x10\n\x08severity\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"]\n\x06Review\x12\x0f\n\x07summary\x18\x01 \x01(\t\x12\x10\n\x08\x61pproved\x18\x02 \x01(\x08\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.orchestrator.v1.ReviewFinding\"h\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x0e\n\x06models\x18\x05 \x03(\t\"\x8b\x02\n\x0eWorkflowResult\x12\x36\n\x0egenerated_code\x18\x01 \x03(\x0b\x32\x1e.orchestrator.v1.GeneratedFile\x12\x30\n\x0btest_report\x18\x02 \x01(\x0b\x32\x1b.orchestrator.v1.TestReport\x12\'\n\x06review\x18\x03 \x01(\x0b\x32\x17.orchestrator.v1.Review\x12\x15\n\rdocumentation\x18\x04 \x01(\t\x12%\n\x05usage\x18\x05 \x01(\x0b\x32\x16.orchestrator.v1.Usage\x12(\n\x07outputs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xaf\x02\n\x0fWorkflowSummary\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rworkflow_type\x18\x02 \x01(\t\x12;\n\x05state\x18\x03 \x01(\x0e\x32\x1e.orchestrator.v1.WorkflowStateB\x0c\xa2\xbb\x18\x08\n\x06status\x12+\n\x08priority\x18\x04 \x01(\x0e\x32\x19.orchestrator.v1.Priority\x12\x10\n\x08progress\x18\x05 \x01(\x05\x12\x15\n\rcurrent_phase\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x10\x43onfigurationKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12-\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\"v\n\x0fPhaseDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nagent_role\x18\x02 \x01(\t\x12\x12\n\ndepends_on\x18\x03 \x03(\t\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\x05\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\"\xa2\x01\n\x0cWorkflowType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x30\n\x06phases\x18\x03 \x03(\x0b\x32 .orchestrator.v1.PhaseDefinition\x12=\n\x12\x63onfiguration_keys\x18\x04 \x03(\x0b\x32!.orchestrator.v1.ConfigurationKey\"a\n\x10\x44\x65pendencyHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.orchestrator.v1.ServingStatus\x12\x0f\n\x07message\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orchestrator.v1.workflow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASESTATUS']._serialized_start=144
-  _globals['_PHASESTATUS']._serialized_end=347
-  _globals['_GENERATEDFILE']._serialized_start=349
-  _globals['_GENERATEDFILE']._serialized_end=413
-  _globals['_TESTREPORT']._serialized_start=415
-  _globals['_TESTREPORT']._serialized_end=528
-  _globals['_REVIEWFINDING']._serialized_start=530
-  _globals['_REVIEWFINDING']._serialized_end=594
-  _globals['_REVIEW']._serialized_start=596
-  _globals['_REVIEW']._serialized_end=689
-  _globals['_USAGE']._serialized_start=691
-  _globals['_USAGE']._serialized_end=795
-  _globals['_WORKFLOWRESULT']._serialized_start=798
-  _globals['_WORKFLOWRESULT']._serialized_end=1065
-  _globals['_WORKFLOWSUMMARY']._serialized_start=1068
-  _globals['_WORKFLOWSUMMARY']._serialized_end=1357
-  _globals['_CONFIGURATIONKEY']._serialized_start=1359
-  _globals['_CONFIGURATIONKEY']._serialized_end=1473
-  _globals['_PHASEDEFINITION']._serialized_start=1475
-  _globals['_PHASEDEFINITION']._serialized_end=1593
-  _globals['_WORKFLOWTYPE']._serialized_start=1596
-  _globals['_WORKFLOWTYPE']._serialized_end=1758
-  _globals['_DEPENDENCYHEALTH']._serialized_start=1760
-  _globals['_DEPENDENCYHEALTH']._serialized_end=1857
+  _globals['_WORKFLOWSUMMARY'].fields_by_name['state']._loaded_options = None
+  _globals['_WORKFLOWSUMMARY'].fields_by_name['state']._serialized_options = b'\242\273\030\010\n\006status'
+  _globals['_PHASESTATUS']._serialized_start=172
+  _globals['_PHASESTATUS']._serialized_end=375
+  _globals['_WORKFLOWERROR']._serialized_start=377
+  _globals['_WORKFLOWERROR']._serialized_end=438
+  _globals['_GENERATEDFILE']._serialized_start=440
+  _globals['_GENERATEDFILE']._serialized_end=504
+  _globals['_TESTREPORT']._serialized_start=507
+  _globals['_TESTREPORT']._serialized_end=644
+  _globals['_REVIEWFINDING']._serialized_start=646
+  _globals['_REVIEWFINDING']._serialized_end=710
+  _globals['_REVIEW']._serialized_start=712
+  _globals['_REVIEW']._serialized_end=805
+  _globals['_USAGE']._serialized_start=807
+  _globals['_USAGE']._serialized_end=911
+  _globals['_WORKFLOWRESULT']._serialized_start=914
+  _globals['_WORKFLOWRESULT']._serialized_end=1181
+  _globals['_WORKFLOWSUMMARY']._serialized_start=1184
+  _globals['_WORKFLOWSUMMARY']._serialized_end=1487
+  _globals['_CONFIGURATIONKEY']._serialized_start=1489
+  _globals['_CONFIGURATIONKEY']._serialized_end=1603
+  _globals['_PHASEDEFINITION']._serialized_start=1605
+  _globals['_PHASEDEFINITION']._serialized_end=1723
+  _globals['_WORKFLOWTYPE']._serialized_start=1726
+  _globals['_WORKFLOWTYPE']._serialized_end=1888
+  _globals['_DEPENDENCYHEALTH']._serialized_start=1890
+  _globals['_DEPENDENCYHEALTH']._serialized_end=1987
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from service.gen.orchestrator.v1 import enums_pb2 as _enums_pb2
+from service.gen.orchestrator.v1 import rest_pb2 as _rest_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -27,6 +28,16 @@ class PhaseStatus(_message.Message):
     error: str
     def __init__(self, name: _Optional[str] = ..., agent_role: _Optional[str] = ..., state: _Optional[_Union[_enums_pb2.PhaseState, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
+class WorkflowError(_message.Message):
+    __slots__ = ("phase", "code", "message")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    code: str
+    message: str
+    def __init__(self, phase: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
 class GeneratedFile(_message.Message):
     __slots__ = ("path", "language", "content")
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -38,20 +49,22 @@ class GeneratedFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., language: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class TestReport(_message.Message):
-    __slots__ = ("passed", "failed", "errors", "success", "output", "iterations")
+    __slots__ = ("passed", "failed", "errors", "success", "output", "iterations", "not_run_reason")
     PASSED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NOT_RUN_REASON_FIELD_NUMBER: _ClassVar[int]
     passed: int
     failed: int
     errors: int
     success: bool
     output: str
     iterations: int
-    def __init__(self, passed: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[int] = ..., success: _Optional[bool] = ..., output: _Optional[str] = ..., iterations: _Optional[int] = ...) -> None: ...
+    not_run_reason: str
+    def __init__(self, passed: _Optional[int] = ..., failed: _Optional[int] = ..., errors: _Optional[int] = ..., success: _Optional[bool] = ..., output: _Optional[str] = ..., iterations: _Optional[int] = ..., not_run_reason: _Optional[str] = ...) -> None: ...
 
 class ReviewFinding(_message.Message):
     __slots__ = ("severity", "path", "message")
