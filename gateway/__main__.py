@@ -1,6 +1,6 @@
 """Command line for operators and CI: render the Envoy bootstrap, or validate one with the Envoy binary.
 
-python -m gateway render --grpc-port 50051 --metrics-port 9090 --listen-port 8080 > envoy.yaml
+python -m gateway render --grpc-port 50051 --metrics-port 9090 --live-port 9465 --listen-port 8080 > envoy.yaml
 python -m gateway render ... --allowed-host api.example.com --upstream-ca ca.pem --upstream-cert envoy.pem \
     --upstream-key envoy.key --upstream-server-name orchestrator   # TLS (and mutual TLS) to the service
 python -m gateway validate envoy.yaml
@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.config import DEFAULT_ALLOWED_HOSTS, DEFAULT_DESCRIPTOR, GatewayOptions, MiB, render_yaml
+from gateway.config import DEFAULT_ALLOWED_HOSTS, GatewayOptions, MiB, render_yaml
+from gateway.restface import DEFAULT_DESCRIPTOR
 from gateway.sidecar import EnvoyError, validate
 
 
@@ -30,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 grpc_port=args.grpc_port,
                 metrics_host=args.metrics_host,
                 metrics_port=args.metrics_port,
+                live_host=args.live_host,
+                live_port=args.live_port,
                 descriptor_path=args.descriptor,
                 allowed_hosts=tuple(args.allowed_host or DEFAULT_ALLOWED_HOSTS),
                 cors_allowed_origins=tuple(args.cors_origin),
@@ -66,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--metrics-port", type=int, required=True, help="the service's Prometheus HTTP port")
     render.add_argument("--grpc-host", default="127.0.0.1", help="IP address or DNS name (default %(default)s)")
     render.add_argument("--metrics-host", default="127.0.0.1", help="IP address or DNS name (default %(default)s)")
+    render.add_argument("--live-host", default="127.0.0.1", help="IP address or DNS name (default %(default)s)")
+    render.add_argument(
+        "--live-port",
+        type=int,
+        default=9465,
+        help="the service's live endpoint port (WebSocket, REST watch; ORCHESTRATOR_LIVE_PORT) (default %(default)s)",
+    )
     render.add_argument("--listen-host", default="127.0.0.1", help="REST listener IP (default %(default)s)")
     render.add_argument("--listen-port", type=int, default=8080, help="REST listener port (default %(default)s)")
     render.add_argument("--admin-host", default="127.0.0.1", help="admin IP, loopback only (default %(default)s)")

@@ -18,18 +18,23 @@ from urllib.parse import urlsplit
 import yaml
 from google.protobuf import descriptor_pb2
 
+from gateway import restface
+from gateway.restface import DEFAULT_DESCRIPTOR, SERVICE
+
 JsonDict = dict[str, Any]
 
-SERVICE: Final = "orchestrator.v1.OrchestratorService"
-DEFAULT_DESCRIPTOR: Final = Path(__file__).resolve().with_name("orchestrator.pb")
 MiB: Final = 1024 * 1024
 
 GRPC_CLUSTER: Final = "orchestrator_grpc"
 METRICS_CLUSTER: Final = "orchestrator_metrics"
-# WatchWorkflow's REST paths; a request for them that accepts text/event-stream gets Server-Sent Events.
+# The service's live endpoint (service/live.py, HTTP/1.1): the guide's WebSocket and the REST watch (WatchWorkflow's
+# REST paths: NDJSON, or Server-Sent Events with `id:` lines for a request that accepts text/event-stream).
+LIVE_CLUSTER: Final = "orchestrator_live"
 WATCH_PATH_REGEX: Final = r"^(/api/v1)?/workflow-events/[^/]+$"
+WEBSOCKET_PATH_REGEX: Final = r"^(/api/v1)?/ws/[^/]+$"
 
 _TRANSCODER: Final = "envoy.filters.http.grpc_json_transcoder"
+_LUA: Final = "envoy.filters.http.lua"
 _HEADER_MUTATION: Final = "envoy.filters.http.header_mutation"
 _CORS: Final = "envoy.filters.http.cors"
 _BUFFER: Final = "envoy.filters.http.buffer"
@@ -37,37 +42,15 @@ _ROUTER: Final = "envoy.filters.http.router"
 
 _TYPE_PREFIX: Final = "type.googleapis.com/"
 
-# google.rpc.Code for each HTTP status Envoy may answer with itself, following the HTTP mapping documented in
-# google/rpc/code.proto. 413 has no entry there: RESOURCE_EXHAUSTED is what gRPC itself returns for an
-# oversize message. Any other status becomes UNKNOWN.
-HTTP_TO_RPC_CODE: Final[dict[int, int]] = {
-    400: 3,  # INVALID_ARGUMENT
-    401: 16,  # UNAUTHENTICATED
-    403: 7,  # PERMISSION_DENIED
-    404: 5,  # NOT_FOUND
-    405: 12,  # UNIMPLEMENTED
-    408: 4,  # DEADLINE_EXCEEDED
-    409: 10,  # ABORTED
-    413: 8,  # RESOURCE_EXHAUSTED
-    421: 5,  # NOT_FOUND: the Host header names no host this listener serves
-    429: 8,  # RESOURCE_EXHAUSTED
-    431: 8,  # RESOURCE_EXHAUSTED
-    499: 1,  # CANCELLED
-    500: 13,  # INTERNAL
-    501: 12,  # UNIMPLEMENTED
-    502: 14,  # UNAVAILABLE
-    503: 14,  # UNAVAILABLE
-    504: 4,  # DEADLINE_EXCEEDED
-}
-_RPC_UNKNOWN: Final = 2
-
 # On every reply, Envoy's own included.
 SECURITY_HEADERS: Final[dict[str, str]] = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "no-referrer",
+    # The guide's third header. Modern browsers ignore it; the guide's clients check for it.
+    "x-xss-protection": "1; mode=block",
 }
-# On API replies (not /docs, whose HTML page needs scripts and may be cached).
+# On API replies (not /docs or /redoc, whose HTML pages need scripts and may be cached).
 API_HEADERS: Final[dict[str, str]] = {
     "cache-control": "no-store",
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
@@ -83,7 +66,9 @@ DEFAULT_ALLOWED_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
 MISDIRECTED_BODY: Final = "this server does not serve the host named in the request's Host header"
 
 CORS_ALLOW_METHODS: Final = "GET, POST, OPTIONS"
-CORS_ALLOW_HEADERS: Final = "content-type, accept, authorization, x-request-id"
+# last-event-id: SSE clients built on fetch (EventSource polyfills) send it to resume, and it is not CORS-safelisted
+# (browsers' own EventSource is exempt).
+CORS_ALLOW_HEADERS: Final = "content-type, accept, authorization, x-request-id, last-event-id"
 CORS_EXPOSE_HEADERS: Final = "x-request-id"
 CORS_MAX_AGE_SECONDS: Final = 600
 
@@ -94,12 +79,16 @@ class GatewayOptions:
 
     grpc_port: int
     metrics_port: int
+    live_port: int
     grpc_host: str = "127.0.0.1"
     metrics_host: str = "127.0.0.1"
+    live_host: str = "127.0.0.1"
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     admin_host: str = "127.0.0.1"
-    admin_port: int = 9901
+    # 0 picks a free port, so any number of sidecars share a host; EnvoySidecar reads the port Envoy chose from
+    # the file named by --admin-address-path. `python -m gateway render` keeps 9901 for a standalone Envoy.
+    admin_port: int = 0
     descriptor_path: Path = DEFAULT_DESCRIPTOR
     # Host header values the REST listener answers (Envoy `domains`: name, name:port, *.suffix, prefix.*), or
     # ("*",) for any.
@@ -118,9 +107,9 @@ class GatewayOptions:
     def __post_init__(self) -> None:
         for name in ("listen_port", "admin_port"):
             _check_port(name, getattr(self, name), allow_zero=True)
-        for name in ("grpc_port", "metrics_port"):
+        for name in ("grpc_port", "metrics_port", "live_port"):
             _check_port(name, getattr(self, name), allow_zero=False)
-        for name in ("grpc_host", "metrics_host"):
+        for name in ("grpc_host", "metrics_host", "live_host"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
         _check_ip("listen_host", self.listen_host)
@@ -178,7 +167,7 @@ def build_envoy_config(options: GatewayOptions) -> JsonDict:
         },
         "static_resources": {
             "listeners": [_listener(options, descriptor)],
-            "clusters": [_grpc_cluster(options), _metrics_cluster(options)],
+            "clusters": [_grpc_cluster(options), _metrics_cluster(options), _live_cluster(options)],
         },
     }
 
@@ -231,6 +220,9 @@ def _listener(options: GatewayOptions, descriptor: str) -> JsonDict:
     return {
         "name": "rest",
         "address": _socket_address(options.listen_host, options.listen_port),
+        # Envoy binds listeners with SO_REUSEPORT by default: a second instance given the same --http-port then
+        # starts "fine" and the kernel splits REST clients between two unrelated services. Off, it fails to bind.
+        "enable_reuse_port": False,
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
@@ -263,6 +255,15 @@ def _http_filters(options: GatewayOptions, descriptor: str) -> list[JsonDict]:
     # the response after the transcoder has turned grpc-status into an HTTP status. Removing grpc-status any
     # earlier (route response_headers_to_remove) turns every error into an empty 200.
     return [
+        # First, so that its response half sees every reply the later filters and the router make (Envoy runs
+        # a local reply through the whole encoder chain) and gives each the guide's error body.
+        {
+            "name": _LUA,
+            "typed_config": {
+                "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": restface.lua_source(Path(options.descriptor_path))},
+            },
+        },
         {
             "name": _CORS,
             "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.cors.v3.Cors"},
@@ -280,7 +281,7 @@ def _http_filters(options: GatewayOptions, descriptor: str) -> list[JsonDict]:
                 "max_request_bytes": options.max_request_bytes,
             },
         },
-        {"name": _TRANSCODER, "typed_config": _transcoder(options, descriptor, sse=False)},
+        {"name": _TRANSCODER, "typed_config": _transcoder(options, descriptor)},
         {
             "name": _ROUTER,
             "typed_config": {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
@@ -288,13 +289,14 @@ def _http_filters(options: GatewayOptions, descriptor: str) -> list[JsonDict]:
     ]
 
 
-def _transcoder(options: GatewayOptions, descriptor: str, *, sse: bool) -> JsonDict:
+def _transcoder(options: GatewayOptions, descriptor: str) -> JsonDict:
     print_options: JsonDict = {
         "preserve_proto_field_names": True,
         "always_print_primitive_fields": True,
+        # REST watches are the live endpoint's (_live_route); should a stream ever be transcoded, NDJSON beats
+        # the default, one JSON array sent piecemeal, which no line-based client can read.
+        "stream_newline_delimited": True,
     }
-    # Without either, a server stream is one JSON array sent piecemeal, which no line-based client can read.
-    print_options["stream_sse_style_delimited" if sse else "stream_newline_delimited"] = True
     return {
         "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
         # Embedded, so the YAML stands alone. Must contain google/rpc/error_details.proto, or errors with
@@ -326,9 +328,10 @@ def _route_config(options: GatewayOptions, descriptor: str) -> JsonDict:
         "name": "orchestrator",
         "domains": ["*"] if any_host else list(options.allowed_hosts),
         "routes": [
-            _metrics_route({"path": "/metrics"}, "metrics"),
-            _metrics_route({"path": "/openapi.json"}, "openapi"),
-            _metrics_route({"path_separated_prefix": "/docs"}, "docs"),
+            *_get_only(_metrics_route({"path": "/metrics"}, "metrics")),
+            *_get_only(_metrics_route({"path": "/openapi.json"}, "openapi")),
+            *_get_only(_metrics_route({"path_separated_prefix": "/docs"}, "docs")),
+            *_get_only(_metrics_route({"path_separated_prefix": "/redoc"}, "redoc")),
             # Native gRPC clients, and REST requests once the transcoder has rewritten them into gRPC (it
             # clears the route cache, so they are routed again). No header mutation: gRPC clients need
             # grpc-status, which a trailers-only gRPC error carries in its headers.
@@ -338,20 +341,8 @@ def _route_config(options: GatewayOptions, descriptor: str) -> JsonDict:
                 "route": _grpc_action(),
                 "response_headers_to_add": _headers(API_HEADERS),
             },
-            {
-                "name": "rest-watch-sse",
-                "match": {
-                    "safe_regex": {"regex": WATCH_PATH_REGEX},
-                    "headers": [{"name": "accept", "string_match": {"contains": "text/event-stream"}}],
-                },
-                "route": _grpc_action(),
-                "response_headers_to_add": _headers(API_HEADERS),
-                "typed_per_filter_config": {
-                    # A full transcoder config: framing cannot be overridden on its own.
-                    _TRANSCODER: _transcoder(options, descriptor, sse=True),
-                    _HEADER_MUTATION: _hide_grpc_headers(),
-                },
-            },
+            *_get_only(_live_route("websocket", WEBSOCKET_PATH_REGEX, websocket=True)),
+            *_get_only(_live_route("rest-watch", WATCH_PATH_REGEX, websocket=False)),
             {
                 "name": "rest",
                 "match": {"prefix": "/"},
@@ -371,7 +362,8 @@ def _route_config(options: GatewayOptions, descriptor: str) -> JsonDict:
 
 
 def _other_hosts() -> JsonDict:
-    """Every Host not allowed: 421 Misdirected Request, as JSON through local_reply_config, for every path."""
+    """Every Host not allowed, for every path: 421 here, which local_reply_config turns into the guide's 400
+    (Starlette's TrustedHostMiddleware answers 400 "Invalid host header")."""
     return {
         "name": "other-hosts",
         "domains": ["*"],
@@ -381,10 +373,9 @@ def _other_hosts() -> JsonDict:
                 "match": {"prefix": "/"},
                 "direct_response": {"status": 421, "body": {"inline_string": MISDIRECTED_BODY}},
                 "response_headers_to_add": _headers(API_HEADERS),
-                # Not transcoded: the answer is the same whatever the path or body.
-                "typed_per_filter_config": {
-                    _TRANSCODER: {"@type": _TYPE_PREFIX + "envoy.config.route.v3.FilterConfig", "disabled": True}
-                },
+                # Neither transcoded nor checked by the REST face: the answer is the same whatever the path or
+                # body (a body that fails the request model must not get a 422 before the Host is refused).
+                "typed_per_filter_config": _not_transcoded(),
             }
         ],
     }
@@ -395,19 +386,73 @@ def _grpc_action() -> JsonDict:
     return {"cluster": GRPC_CLUSTER, "timeout": "0s"}
 
 
+def _get_only(route: JsonDict) -> list[JsonDict]:
+    """`route` for GET and HEAD, then 405 (as the guide's JSON, through local_reply_config) for other methods on
+    the same paths: the servers behind these routes would answer them with their own text or HTML."""
+    get = {**route, "match": {**route["match"], "headers": [_METHOD_IS_GET]}}
+    refuse = {
+        "name": f"{route['name']}-method-not-allowed",
+        "match": route["match"],
+        "direct_response": {"status": 405, "body": {"inline_string": "this path answers GET only"}},
+        "response_headers_to_add": _headers({"allow": "GET, HEAD"}),
+        "typed_per_filter_config": _not_transcoded(),
+    }
+    return [get, refuse]
+
+
+_METHOD_IS_GET: Final = {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}
+
+
+def _live_route(name: str, regex: str, *, websocket: bool) -> JsonDict:
+    """A route to the live endpoint. The transcoder's framing of a server stream has no SSE `id:` lines and no
+    WebSocket, so these paths skip it (and the REST face, which buffers bodies: the service sends the REST face's
+    JSON itself)."""
+    action: JsonDict = {"cluster": LIVE_CLUSTER, "timeout": "0s"}  # 0s: the default 15 s would cut every stream
+    per_filter = _not_transcoded()
+    if websocket:
+        # Enabled on this route only. The buffer filter would wait for the end of an upgraded request's body,
+        # which never comes.
+        action["upgrade_configs"] = [{"upgrade_type": "websocket"}]
+        per_filter[_BUFFER] = {
+            "@type": _TYPE_PREFIX + "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+            "disabled": True,
+        }
+    return {
+        "name": name,
+        "match": {"safe_regex": {"regex": regex}},
+        "route": action,
+        # Envoy strips a Host port equal to its own; the service compares a WebSocket's Origin with Host and this.
+        "request_headers_to_add": [
+            {
+                "header": {"key": "x-forwarded-port", "value": "%DOWNSTREAM_LOCAL_PORT%"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "response_headers_to_add": _headers(API_HEADERS),
+        "typed_per_filter_config": per_filter,
+    }
+
+
 def _metrics_route(match: JsonDict, name: str) -> JsonDict:
     route: JsonDict = {
         "name": name,
         "match": match,
         "route": {"cluster": METRICS_CLUSTER},
-        # With reject_unknown_method on, the transcoder would answer 404 for every non-gRPC path.
-        "typed_per_filter_config": {
-            _TRANSCODER: {"@type": _TYPE_PREFIX + "envoy.config.route.v3.FilterConfig", "disabled": True}
-        },
+        # With reject_unknown_method on, the transcoder would answer 404 for every non-gRPC path; the REST face
+        # has nothing to reshape in metrics or pages.
+        "typed_per_filter_config": _not_transcoded(),
     }
-    if name != "docs":
+    if name not in ("docs", "redoc"):  # the pages bring their own policy and caching
         route["response_headers_to_add"] = _headers(API_HEADERS)
     return route
+
+
+def _not_transcoded() -> JsonDict:
+    """Per-route config for routes that are not gRPC: neither the transcoder nor the REST face touches them."""
+    return {
+        _TRANSCODER: {"@type": _TYPE_PREFIX + "envoy.config.route.v3.FilterConfig", "disabled": True},
+        _LUA: {"@type": _TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.LuaPerRoute", "disabled": True},
+    }
 
 
 def _hide_grpc_headers() -> JsonDict:
@@ -439,26 +484,52 @@ def _headers(headers: dict[str, str]) -> list[JsonDict]:
 
 
 def _local_reply_config() -> JsonDict:
-    """Envoy's own replies (404, 400, 413, 429, 503, ...) as google.rpc.Status-shaped JSON.
+    """Envoy's own replies (404, 400, 413, 429, 503, ...) as the guide's ErrorResponse JSON, with the security
+    headers (codec-level replies never see the route's headers).
 
-    Local replies only: upstream errors are converted by the transcoder and keep the details the service sent.
-    Each mapper also skips native gRPC requests, for which Envoy would put the JSON text into grpc-message.
+    Local replies only: upstream errors are converted by the transcoder, then by the REST face (gateway/
+    restface.lua), which leaves bodies already in the guide's shape alone. Each mapper skips native gRPC
+    requests, for which Envoy would put the JSON text into grpc-message.
     """
     # A 400 after the transcoder rewrote the request (it sets x-envoy-original-path) is about the JSON body;
     # other 400s are about the path or query.
     body_error = {"and_filter": {"filters": [_status_is(400), _was_transcoded()]}}
-    mappers = [_mapper(body_error, _status_body(400, HTTP_TO_RPC_CODE[400], field="body"))]
-    mappers += [
-        _mapper(_local_rest_reply(status), _status_body(status, code))
-        for status, code in sorted(HTTP_TO_RPC_CODE.items())
+    own_reply = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": restface.METADATA_NAMESPACE,
+                "path": [{"key": "own_reply"}],
+                "value": {"bool_match": True},
+            },
+            # The default (true) would match every reply without the key, i.e. all of Envoy's own.
+            "match_if_key_not_found": False,
+        }
+    }
+    mappers = [
+        # The REST face's own 400s and 422s are in the guide's shape already: only the headers are added.
+        {"filter": own_reply, "headers_to_add": _headers(SECURITY_HEADERS | API_HEADERS)},
+        _mapper(_local_rest_reply(421), _guide_error(400, "INVALID_HOST", "Invalid host header"), status=400),
+        _mapper(body_error, _guide_error(400, field="body")),
     ]
-    # Any other status: UNKNOWN, never Envoy's plain text.
-    mappers.append(_mapper(_is_rest_request(), _status_body(None, _RPC_UNKNOWN)))
+    mappers += [
+        _mapper(_local_rest_reply(status), _guide_error(status))
+        for status in sorted(restface.HTTP_ERRORS)
+    ]
+    # Any other error status: still the guide's body, never Envoy's plain text.
+    other_errors = {"and_filter": {"filters": [_status_at_least(400), _is_rest_request()]}}
+    mappers.append(_mapper(other_errors, _guide_error(None)))
     return {"mappers": mappers}
 
 
-def _mapper(filter_: JsonDict, body: JsonDict) -> JsonDict:
-    return {"filter": filter_, "body_format_override": {"json_format": body}}
+def _mapper(filter_: JsonDict, body: JsonDict, *, status: int | None = None) -> JsonDict:
+    mapper: JsonDict = {
+        "filter": filter_,
+        "body_format_override": {"json_format": body},
+        "headers_to_add": _headers(SECURITY_HEADERS | API_HEADERS),
+    }
+    if status is not None:
+        mapper["status_code"] = status
+    return mapper
 
 
 def _local_rest_reply(status: int) -> JsonDict:
@@ -470,6 +541,11 @@ def _status_is(status: int) -> JsonDict:
         "op": "EQ",
         "value": {"default_value": status, "runtime_key": f"gateway.local_reply.{status}"},
     }
+    return {"status_code_filter": {"comparison": comparison}}
+
+
+def _status_at_least(status: int) -> JsonDict:
+    comparison = {"op": "GE", "value": {"default_value": status, "runtime_key": f"gateway.local_reply.ge.{status}"}}
     return {"status_code_filter": {"comparison": comparison}}
 
 
@@ -500,18 +576,23 @@ def _is_rest_request() -> JsonDict:
     }
 
 
-def _status_body(status: int | None, code: int, *, field: str = "request") -> JsonDict:
-    """google.rpc.Status as JSON, with snake_case keys like the transcoder's (preserve_proto_field_names)."""
-    details: list[JsonDict] = []
-    if status == 400:
-        details.append(
-            {
-                "@type": _TYPE_PREFIX + "google.rpc.BadRequest",
-                "field_violations": [{"field": field, "description": "%LOCAL_REPLY_BODY%"}],
-            }
-        )
-    details.append({"@type": _TYPE_PREFIX + "google.rpc.RequestInfo", "request_id": "%REQ(X-REQUEST-ID)%"})
-    return {"code": code, "message": "%LOCAL_REPLY_BODY%", "details": details}
+def _guide_error(
+    status: int | None, error: str | None = None, message: str = "%LOCAL_REPLY_BODY%", *, field: str | None = None
+) -> JsonDict:
+    """The guide's ErrorResponse as a local reply body; `detail` is FastAPI's name for the same text."""
+    details: JsonDict = {}
+    if field is None and status == 400:
+        field = "request"  # a bad path or query: Envoy's text names the part
+    if field is not None:
+        details["field_violations"] = [{"field": field, "description": "%LOCAL_REPLY_BODY%"}]
+    return {
+        "error": error or restface.HTTP_ERRORS.get(status or 0, "ERROR"),
+        "message": message,
+        "detail": message,
+        "details": details,
+        "timestamp": "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
 
 
 # --- clusters -----------------------------------------------------------------------------------
@@ -545,11 +626,11 @@ def _grpc_cluster(options: GatewayOptions) -> JsonDict:
     return cluster
 
 
-def _upstream_tls(options: GatewayOptions) -> JsonDict:
+def _upstream_tls(options: GatewayOptions, alpn: str = "h2") -> JsonDict:
     name = options.upstream_server_name
     common: JsonDict = {
-        # grpc servers negotiate HTTP/2 by ALPN.
-        "alpn_protocols": ["h2"],
+        # grpc servers negotiate HTTP/2 by ALPN; the live endpoint speaks HTTP/1.1.
+        "alpn_protocols": [alpn],
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
         "validation_context": {
             "trusted_ca": {"filename": str(options.upstream_ca_file)},
@@ -577,6 +658,14 @@ def _upstream_tls(options: GatewayOptions) -> JsonDict:
 
 def _metrics_cluster(options: GatewayOptions) -> JsonDict:
     return _cluster(METRICS_CLUSTER, options.metrics_host, options.metrics_port)
+
+
+def _live_cluster(options: GatewayOptions) -> JsonDict:
+    # HTTP/1.1 (Envoy's default upstream protocol): WebSocket upgrades need it. Over the same TLS as gRPC, when on.
+    cluster = _cluster(LIVE_CLUSTER, options.live_host, options.live_port)
+    if options.upstream_tls:
+        cluster["transport_socket"] = _upstream_tls(options, alpn="http/1.1")
+    return cluster
 
 
 def _cluster(name: str, host: str, port: int) -> JsonDict:

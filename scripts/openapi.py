@@ -1,11 +1,12 @@
 """Finishes the OpenAPI 3 document that protoc-gen-swagger (grpc-gateway v1) and swagger2openapi make from the
-protos, so that it describes the REST API the way Envoy's transcoder really serves it.
+protos, so that it describes the REST API the way it is really served: Envoy's transcoder, then the REST face.
 
-The generator knows nothing of Envoy's settings and predates some protobuf JSON rules, so this step, driven by
-the same descriptor set Envoy loads: turns Struct/Value into free JSON, drops path fields from request bodies
-(Envoy refuses a body field that collides with one), marks the fields Envoy always prints as required
-(`always_print_primitive_fields`), adds the google.rpc.Status error body with its detail types, and describes
-the server stream as what it is on the wire: NDJSON, or Server-Sent Events.
+The generator knows nothing of Envoy's settings, of the REST face or of some protobuf JSON rules, so this step,
+driven by the same descriptor set Envoy loads: turns Struct/Value into free JSON, drops path fields from request
+bodies (Envoy refuses a body field that collides with one), marks the fields Envoy always prints as required
+(`always_print_primitive_fields`), applies the REST face's rules (gateway/restface.py: the guide's names, enum
+words, inlined results), adds the guide's error bodies, and describes the server stream as what it is on the
+wire: NDJSON, or Server-Sent Events.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
+
+from gateway import restface
 
 JsonDict = dict[str, Any]
 Field = descriptor_pb2.FieldDescriptorProto
@@ -29,18 +32,22 @@ SCHEMAS = "#/components/schemas/"
 CONVENTIONS = """\
 Served by an Envoy sidecar that transcodes JSON to the gRPC service; the protobuf files are the source of truth.
 
-- JSON uses the proto field names (snake_case). Enums are strings such as `WORKFLOW_STATE_RUNNING`; 64-bit
-  integers are JSON strings; timestamps are RFC 3339 strings.
-- Responses print every scalar, enum and list field, zero values included; message fields (timestamps, `result`)
+- The JSON is the API Development Guide's: snake_case field names, status words in lower case (`queued`,
+  `running`, `completed`, `failed`, `cancelled`; priorities `low`, `normal`, `high`, `critical`), `status` where
+  the protos say `state`, and a completed workflow's results at the top level of its status. 64-bit integers
+  are JSON strings; timestamps are RFC 3339 strings.
+- Responses print every scalar, enum and list field, zero values included; message fields (timestamps, results)
   are left out while unset.
-- Unknown query parameters are refused with 400; unknown JSON body fields are ignored.
-- Every error is a JSON `google.rpc.Status` whose `details` carry a `google.rpc.BadRequest` (invalid fields),
-  an `ErrorInfo` and a `RequestInfo` (the `x-request-id`).
+- A body that does not fit the request model gets 422 with FastAPI's `detail` list; unknown query parameters
+  are refused with 400; unknown JSON body fields are ignored.
+- Every error body is the guide's `ErrorResponse`: `error` (a stable code), `message`, `details`, `timestamp`,
+  `request_id` (the `x-request-id`), plus `detail` with the message. A 429 carries `Retry-After`.
 - `GET /workflow-events/{session_id}` streams: one JSON event per line, or Server-Sent Events when the request
-  accepts `text/event-stream`."""
+  accepts `text/event-stream`. `GET /ws/{session_id}` is the guide's WebSocket: it answers `ping` with `pong`
+  and pushes the same events as JSON text messages."""
 
 ERROR_DESCRIPTION = """\
-A `google.rpc.Status`. The HTTP status follows its gRPC `code`: INVALID_ARGUMENT, FAILED_PRECONDITION and \
+The guide's `ErrorResponse`. The HTTP status follows the gRPC code: INVALID_ARGUMENT, FAILED_PRECONDITION and \
 OUT_OF_RANGE 400, UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, ALREADY_EXISTS and ABORTED 409, \
 RESOURCE_EXHAUSTED 429, CANCELLED 499, INTERNAL, UNKNOWN and DATA_LOSS 500, UNIMPLEMENTED 501, UNAVAILABLE 503, \
 DEADLINE_EXCEEDED 504."""
@@ -50,13 +57,14 @@ A stream of `{item}` messages, sent as they happen; the HTTP status is decided b
 
 - `application/x-ndjson` (the default): one JSON object per line. Envoy labels it `Content-Type: \
 application/json` all the same: read it line by line, not as one document.
-- `text/event-stream` (when the request's `Accept` includes it): Server-Sent Events, each message on one \
-`data:` line followed by a blank line; no `id:` or `event:` fields.
+- `text/event-stream` (when the request's `Accept` includes it): Server-Sent Events, each message an \
+`id:` line (its sequence) and a `data:` line followed by a blank line. A reconnecting `EventSource` sends \
+`Last-Event-ID` and resumes after it.
 
 An error after the first message cannot change the status: the stream just ends. Read to the terminal event; \
 to resume after a dropped connection, ask again with `after_sequence` set to the last sequence received."""
 
-SSE_EXAMPLE = 'data: {"session_id":"6f1c...","sequence":"1","type":"EVENT_TYPE_WORKFLOW_QUEUED",...}\n\n'
+SSE_EXAMPLE = 'id: 1\ndata: {"session_id":"6f1c...","sequence":"1","type":"workflow_queued",...}\n\n'
 
 # The google.rpc details this service (and Envoy's own replies) put into Status.details.
 ERROR_DETAILS = ("BadRequest", "ErrorInfo", "RequestInfo", "RetryInfo")
@@ -171,6 +179,7 @@ def finish(doc: JsonDict, files: descriptor_pb2.FileDescriptorSet) -> JsonDict:
         if required:
             schema["required"] = required
 
+    _apply_rest_face(doc, protos, restface.rules_from_set(files))
     _collect_garbage(doc)
     _add_errors(doc, protos)
     doc["components"]["schemas"] = dict(sorted(schemas.items()))
@@ -275,71 +284,144 @@ def _collect_garbage(doc: JsonDict) -> None:
 
 
 def _add_errors(doc: JsonDict, protos: Protos) -> None:
-    """google.rpc.Status and the detail types, from their descriptors: the generator only describes messages
-    that an RPC takes or returns, and errors are neither."""
+    """The guide's error bodies: ErrorResponse for every error, and FastAPI's validation list for 422."""
+    del protos  # the error bodies are the REST face's, not a proto message
     schemas: JsonDict = doc["components"]["schemas"]
-    schemas["protobufAny"] = {
-        "type": "object",
-        "description": "A detail message: `@type` names it, its fields follow. This service sends "
-        + ", ".join(f"`google.rpc.{name}` (rpc{name})" for name in ERROR_DETAILS)
-        + ".",
-        "properties": {"@type": {"type": "string", "description": "`type.googleapis.com/` and the message name."}},
-        "required": ["@type"],
-        "additionalProperties": {},
+    common: JsonDict = {
+        "error": {"type": "string", "description": "A stable machine-readable code, e.g. `UNKNOWN_WORKFLOW_TYPE`."},
+        "message": {"type": "string", "description": "What went wrong, for people."},
+        "details": {
+            "type": "object",
+            "additionalProperties": {},
+            "description": "More about it: `field_violations` (`field`, `description`) for invalid input, "
+            "`retry_after_seconds` when a retry later may succeed, and the error's metadata.",
+        },
+        "timestamp": {"type": "string", "format": "date-time", "description": "When the error happened."},
+        "request_id": {"type": "string", "nullable": True, "description": "The `x-request-id` of the request."},
     }
-    todo = ["google.rpc.Status", *(f"google.rpc.{name}" for name in ERROR_DETAILS)]
-    done: set[str] = set()
-    while todo:
-        full = todo.pop(0)
-        if full in done:
-            continue
-        done.add(full)
-        message, comment = protos.messages[full]
-        comment = _first_paragraph(comment)
-        properties: JsonDict = {}
-        if full.removeprefix("google.rpc.") in ERROR_DETAILS:
-            properties["@type"] = {"type": "string", "enum": [f"type.googleapis.com/{full}"]}
-        for field in message.field:
-            properties[field.name] = _field_schema(field, protos, todo)
-            # googleapis comments go on about camelCase JSON and other languages: the first paragraph is enough.
-            if text := _first_paragraph(protos.field_comments.get((full, field.name), "")):
-                properties[field.name]["description"] = text
-        schema: JsonDict = {"type": "object", "description": comment, "properties": properties}
-        if "@type" in properties:
-            schema["required"] = ["@type"]
-        if full == "google.rpc.Status":
-            # Both the transcoder and Envoy's own (local) replies always write these three.
-            schema["required"] = ["code", "message", "details"]
-        schemas[protos.schema_name(full)] = schema
+    schemas["ErrorResponse"] = {
+        "type": "object",
+        "description": "The API Development Guide's error body, plus FastAPI's `detail` with the same text.",
+        "properties": {**common, "detail": {"type": "string", "description": "The message again, as FastAPI's "
+                                            "HTTPException gives it."}},
+        "required": ["error", "message", "detail", "details", "timestamp", "request_id"],
+    }
+    schemas["ValidationError"] = {
+        "type": "object",
+        "description": "One problem with the request body, as FastAPI (pydantic) reports it.",
+        "properties": {
+            "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+            "msg": {"type": "string"},
+            "type": {"type": "string"},
+            "input": {},
+            "ctx": {"type": "object", "additionalProperties": {}},
+        },
+        "required": ["loc", "msg", "type"],
+    }
+    schemas["ValidationErrorResponse"] = {
+        "type": "object",
+        "description": "A body that does not fit the request model: the guide's error fields, with `detail` as "
+        "FastAPI's list of problems.",
+        "properties": {**common, "detail": {"type": "array", "items": {"$ref": SCHEMAS + "ValidationError"}}},
+        "required": ["error", "message", "detail", "details", "timestamp", "request_id"],
+    }
     doc["components"]["responses"] = {
         "Error": {
             "description": ERROR_DESCRIPTION,
-            "content": {"application/json": {"schema": {"$ref": SCHEMAS + "rpcStatus"}}},
-        }
+            "headers": {
+                "Retry-After": {
+                    "description": "On 429 (and 503 when a retry may succeed): seconds to wait.",
+                    "schema": {"type": "integer"},
+                }
+            },
+            "content": {"application/json": {"schema": {"$ref": SCHEMAS + "ErrorResponse"}}},
+        },
+        "ValidationFailed": {
+            "description": "The body does not fit the request model (missing or mistyped field, malformed JSON).",
+            "content": {"application/json": {"schema": {"$ref": SCHEMAS + "ValidationErrorResponse"}}},
+        },
     }
+    for _, _, op in _operations(doc):
+        if "requestBody" in op:
+            op["responses"]["422"] = {"$ref": "#/components/responses/ValidationFailed"}
 
 
-def _field_schema(field: descriptor_pb2.FieldDescriptorProto, protos: Protos, todo: list[str]) -> JsonDict:
-    if field.type == Field.TYPE_MESSAGE:
-        full = field.type_name.lstrip(".")
-        message = protos.messages[full][0]
-        if message.options.map_entry:
-            value = next(f for f in message.field if f.name == "value")
-            return {"type": "object", "additionalProperties": _field_schema(value, protos, todo)}
-        if field.type_name in _WELL_KNOWN:
-            item = dict(_WELL_KNOWN[field.type_name])
-        else:
-            todo.append(full)
-            item = {"$ref": SCHEMAS + protos.schema_name(full)}
-    elif field.type == Field.TYPE_ENUM:
-        item = {"type": "string"}
+# --- the REST face --------------------------------------------------------------------------------
+
+
+def _apply_rest_face(doc: JsonDict, protos: Protos, rules: restface.RestRules) -> None:
+    """What the REST face does to the JSON (gateway/restface.py), done to the schemas that describe it."""
+    schemas: JsonDict = doc["components"]["schemas"]
+    for full, prefix in rules.enum_prefixes.items():
+        name = "v1" + full.rsplit(".", 1)[-1]
+        if name in schemas:
+            _enum_to_words(schemas[name], prefix)
+    for path, verb, op in _operations(doc):
+        method = protos.bindings[(verb.upper(), path)]
+        fields = rules.requests.get(method.input_type.lstrip("."), {})
+        for parameter in op.get("parameters", []):
+            rule = fields.get(parameter["name"])
+            if parameter["in"] != "query" or rule is None:
+                continue
+            parameter["name"] = rule.get("name", parameter["name"])
+            if rule["kind"] == "enum":
+                _enum_to_words(parameter["schema"], rule["prefix"])
+                parameter["description"] = _words_in_text(parameter.get("description", ""), rule["prefix"])
+    for full, fields in rules.responses.items():
+        name = protos.schema_name(full)
+        if name in schemas:
+            _reshape(schemas, schemas[name], fields, protos)
+    if "v1ExecuteWorkflowResponse" in schemas:
+        status = schemas["v1ExecuteWorkflowResponse"]["properties"]["status"]
+        status["description"] = (
+            "Output only. `accepted`: the workflow was accepted (the guide's tests check this word); "
+            "its status then says `queued`."
+        )
+
+
+def _enum_to_words(schema: JsonDict, prefix: str) -> None:
+    schema["enum"] = [
+        value.removeprefix(prefix).lower() for value in schema.get("enum", []) if not value.endswith("_UNSPECIFIED")
+    ]
+    schema.pop("default", None)
+    if "description" in schema:
+        schema["description"] = _words_in_text(schema["description"], prefix)
+
+
+def _words_in_text(text: str, prefix: str) -> str:
+    """The generator lists enum values in descriptions as ` - NAME: comment`; the REST face says the word."""
+    lines = [line for line in text.split("\n") if not re.match(rf"\s*- {prefix}UNSPECIFIED:", line)]
+    return re.sub(rf"\b{prefix}([A-Z0-9_]+)", lambda m: f"`{m.group(1).lower()}`", "\n".join(lines))
+
+
+def _reshape(schemas: JsonDict, schema: JsonDict, fields: dict[str, JsonDict], protos: Protos) -> None:
+    properties: JsonDict = {}
+    required: list[str] = []
+    was_required = set(schema.get("required", []))
+    inlined: list[JsonDict] = []
+    for key, prop in schema.get("properties", {}).items():
+        rule = fields.get(key, {})
+        if rule.get("hidden"):
+            continue
+        if rule.get("inline"):
+            ref = next(iter(_refs(prop)), "")
+            inlined.append(schemas[ref.removeprefix(SCHEMAS)])
+            continue
+        if "constant" in rule:
+            prop = {"type": "string", "enum": [rule["constant"]], "description": prop.get("description", "")}
+        new_key = rule.get("name", key)
+        properties[new_key] = prop
+        if key in was_required:
+            required.append(new_key)
+    for inner in inlined:
+        for key, prop in inner.get("properties", {}).items():
+            properties.setdefault(key, prop)
+    schema["properties"] = properties
+    if required:
+        schema["required"] = required
     else:
-        item = dict(_SCALARS[field.type])
-    if field.label == Field.LABEL_REPEATED:
-        return {"type": "array", "items": item}
-    if "$ref" in item:
-        return {"allOf": [item]}  # so that a description can stand beside it (OpenAPI 3.0 ignores $ref siblings)
-    return item
+        schema.pop("required", None)
+    del protos
 
 
 # --- helpers ------------------------------------------------------------------------------------

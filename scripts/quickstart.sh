@@ -32,7 +32,7 @@ curl -fsS "$base/health"; echo
 
 echo "== POST $base/execute-workflow"
 response=$(curl -fsS -X POST "$base/execute-workflow" -H 'content-type: application/json' \
-  -d '{"requirements": "A command-line tool that converts temperatures between Celsius and Fahrenheit", "workflow_type": "full", "priority": "PRIORITY_HIGH"}')
+  -d '{"requirements": "A command-line tool that converts temperatures between Celsius and Fahrenheit", "workflow_type": "full", "priority": "high"}')
 echo "$response"
 session=$(python -c 'import json,sys; print(json.loads(sys.argv[1])["session_id"])' "$response")
 

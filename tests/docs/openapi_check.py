@@ -36,7 +36,11 @@ def response_schema(
 
 def problems(doc: JsonDict, schema: JsonDict, value: Any, where: str = "$") -> list[str]:
     schema = resolve(doc, schema)
+    if value is None and schema.get("nullable"):
+        return []
     found = [p for part in schema.get("allOf", []) for p in problems(doc, part, value, where)]
+    if "anyOf" in schema and all(problems(doc, part, value, where) for part in schema["anyOf"]):
+        found.append(f"{where}: {value!r} fits none of {schema['anyOf']}")
     kind = schema.get("type")
     if "enum" in schema and value not in schema["enum"]:
         found.append(f"{where}: {value!r} is not one of {schema['enum']}")
@@ -74,15 +78,7 @@ def problems(doc: JsonDict, schema: JsonDict, value: Any, where: str = "$") -> l
 
 
 def error_problems(doc: JsonDict, body: Any) -> list[str]:
-    """A google.rpc.Status, and each detail against its own schema when the document describes its type."""
-    found = problems(doc, {"$ref": "#/components/schemas/rpcStatus"}, body)
-    details = {
-        schema["properties"]["@type"]["enum"][0]: name
-        for name, schema in doc["components"]["schemas"].items()
-        if "enum" in schema.get("properties", {}).get("@type", {})
-    }
-    for index, detail in enumerate(body.get("details", [])):
-        if detail.get("@type") in details:
-            ref = {"$ref": f"#/components/schemas/{details[detail['@type']]}"}
-            found += problems(doc, ref, detail, f"$.details[{index}]")
-    return found
+    """The guide's ErrorResponse, or (a 422) the same with FastAPI's list of problems as `detail`."""
+    listed = isinstance(body, dict) and isinstance(body.get("detail"), list)
+    name = "ValidationErrorResponse" if listed else "ErrorResponse"
+    return problems(doc, {"$ref": f"#/components/schemas/{name}"}, body)

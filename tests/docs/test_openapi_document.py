@@ -1,6 +1,6 @@
-"""docs/openapi.json against the contract: the same REST paths as the protos' google.api.http rules, Envoy's JSON
-conventions (proto field names, enums and int64 as strings), google.rpc.Status errors, and the watch stream's
-real framing."""
+"""docs/openapi.json against the contract: the same REST paths as the protos' google.api.http rules, the REST
+face's JSON (the guide's names and lower-case words, int64 as strings), the guide's error bodies, and the watch
+stream's real framing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
 
+from gateway import restface
 from tests.docs.openapi_check import OPENAPI, ROOT, load, resolve, response_schema
 
 pytestmark = pytest.mark.timeout(30)
@@ -65,58 +66,92 @@ def test_parameters_are_what_envoy_binds() -> None:
         params = {(p["name"], p["in"]) for p in op.get("parameters", [])}  # type: ignore[attr-defined]
         assert {name for name, where in params if where == "path"} == in_path, key
         if verb == "GET":
-            # Every other request field is a query parameter; Envoy refuses any other one.
-            assert {name for name, where in params if where == "query"} == {f.name for f in request.field} - in_path
+            # Every other request field is a query parameter, by its REST name; Envoy refuses any other one.
+            face = restface.load_rules().requests[rules_key(rules[key].input_type)]
+            expected = {face[f.name].get("name", f.name) for f in request.field} - in_path
+            assert {name for name, where in params if where == "query"} == expected
             assert "requestBody" not in op
         else:  # body: "*", without the fields the path carries (Envoy refuses a body field that repeats one)
             body = resolve(load(), op["requestBody"]["content"]["application/json"]["schema"])  # type: ignore[index]
             assert set(body["properties"]) == {f.name for f in request.field} - in_path, key
 
 
-def test_fields_use_proto_names_and_proto3_json_types() -> None:
-    doc, schemas = load(), load()["components"]["schemas"]
-    for full, message in messages().items():
+def rules_key(type_name: str) -> str:
+    return type_name.lstrip(".")
+
+
+def rest_keys(full: str, all_messages: dict[str, descriptor_pb2.DescriptorProto]) -> dict[str, Field]:
+    """REST key -> field, as the REST face prints `full`: renamed, hidden and inlined fields applied."""
+    rules = restface.load_rules().responses.get(full, {})
+    keys: dict[str, Field] = {}
+    inlined: list[str] = []
+    for field in all_messages[full].field:
+        rule = rules.get(field.name, {})
+        if rule.get("hidden"):
+            continue
+        if rule.get("inline"):
+            inlined.append(field.type_name.lstrip("."))
+            continue
+        keys[rule.get("name", field.name)] = field
+    for inner in inlined:
+        for key, field in rest_keys(inner, all_messages).items():
+            keys.setdefault(key, field)
+    return keys
+
+
+def test_fields_are_the_rest_faces_with_proto3_json_types() -> None:
+    doc, schemas, all_messages = load(), load()["components"]["schemas"], messages()
+    for full in all_messages:
         name = "v1" + full.rsplit(".", 1)[1]
         if name not in schemas:
             continue  # a GET request: its fields are the query parameters above
         properties = schemas[name]["properties"]
-        assert set(properties) == {f.name for f in message.field}, name  # snake_case, as Envoy prints them
-        for field in message.field:
-            schema = properties[field.name]
+        keys = rest_keys(full, all_messages)
+        assert set(properties) == set(keys), name  # snake_case, the guide's names
+        for key, field in keys.items():
+            schema = properties[key]
+            if "enum" in schema and len(schema["enum"]) == 1 and schema.get("type") == "string":
+                continue  # a constant on REST (`"status": "accepted"`)
             if field.label == Field.LABEL_REPEATED:
                 schema = schema["items"]
             schema = resolve(doc, schema["allOf"][0]) if "allOf" in schema else resolve(doc, schema)
             if field.type in (Field.TYPE_INT64, Field.TYPE_UINT64):
                 assert (schema["type"], schema["format"]) == ("string", "int64"), (name, field.name)
             elif field.type == Field.TYPE_ENUM:
-                assert schema["type"] == "string" and all(v.isupper() for v in schema["enum"]), (name, field.name)
+                assert schema["type"] == "string" and all(v.islower() for v in schema["enum"]), (name, field.name)
             elif field.type_name == ".google.protobuf.Timestamp":
                 assert (schema["type"], schema["format"]) == ("string", "date-time")
             elif field.type_name == ".google.protobuf.Struct":
                 assert schema == {"type": "object", "additionalProperties": {}, "description": "Any JSON object."}
 
 
-def test_enums_list_every_proto_value_by_name() -> None:
+def test_enums_list_every_proto_value_as_its_rest_word() -> None:
     schemas = load()["components"]["schemas"]
     for file in descriptors().file:
         if file.package != "orchestrator.v1":
             continue
         for enum in file.enum_type:
-            assert schemas["v1" + enum.name]["enum"] == [v.name for v in enum.value]
+            prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
+            words = [v.name.removeprefix(prefix).lower() for v in enum.value if v.number != 0]
+            assert schemas["v1" + enum.name]["enum"] == words, enum.name
+    assert schemas["v1Priority"]["enum"] == ["low", "normal", "high", "critical"]  # the guide's pattern
+    assert schemas["v1WorkflowState"]["enum"] == ["queued", "running", "completed", "failed", "cancelled"]
 
 
-def test_every_operation_documents_google_rpc_status_errors() -> None:
+def test_every_operation_documents_the_guides_error_body() -> None:
     doc = load()
+    guide_fields = {"error", "message", "details", "timestamp", "request_id", "detail"}
     for key, op in operations().items():
         error = resolve(doc, op["responses"]["default"])  # type: ignore[index]
-        status = resolve(doc, error["content"]["application/json"]["schema"])
-        assert set(status["properties"]) == {"code", "message", "details"}, key
-        assert resolve(doc, status["properties"]["details"]["items"])["required"] == ["@type"]
-    for detail in ("BadRequest", "ErrorInfo", "RequestInfo", "RetryInfo"):
-        schema = doc["components"]["schemas"][f"rpc{detail}"]
-        assert schema["properties"]["@type"]["enum"] == [f"type.googleapis.com/google.rpc.{detail}"]
-    violation = doc["components"]["schemas"]["rpcBadRequestFieldViolation"]
-    assert {"field", "description"} <= set(violation["properties"])
+        body = resolve(doc, error["content"]["application/json"]["schema"])
+        assert set(body["properties"]) == guide_fields == set(body["required"]), key
+        assert body["properties"]["detail"]["type"] == "string"
+        if "requestBody" in op:
+            invalid = resolve(doc, op["responses"]["422"])  # type: ignore[index]
+            listed = resolve(doc, invalid["content"]["application/json"]["schema"])
+            assert set(listed["properties"]) == guide_fields, key
+            problem = resolve(doc, listed["properties"]["detail"]["items"])
+            assert {"loc", "msg", "type"} == set(problem["required"])
 
 
 def test_the_watch_stream_is_described_as_ndjson_and_server_sent_events() -> None:
@@ -127,7 +162,7 @@ def test_the_watch_stream_is_described_as_ndjson_and_server_sent_events() -> Non
         assert ok["content"]["application/x-ndjson"]["schema"] == {
             "$ref": "#/components/schemas/v1WatchWorkflowResponse"
         }
-        assert ok["content"]["text/event-stream"]["example"].startswith("data: {")
+        assert ok["content"]["text/event-stream"]["example"].startswith("id: 1\ndata: {")
         assert "one JSON object per line" in ok["description"]
     # Only the stream: every unary operation answers plain JSON.
     streams = {key for key, op in operations().items() if "application/x-ndjson" in op["responses"]["200"]["content"]}  # type: ignore[index]

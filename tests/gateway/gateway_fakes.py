@@ -6,6 +6,7 @@ The fake servicer returns fixed answers and records what reached it; the real se
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -130,8 +131,19 @@ class Upstream:
 
 
 class MetricsHandler(BaseHTTPRequestHandler):
+    """The service's plain-HTTP ports: metrics and docs, and the live endpoint, which here describes the request
+    it got (the real one is tested in tests/service/test_live_channel.py)."""
+
     def do_GET(self) -> None:
-        if self.path == "/metrics":
+        if "/workflow-events/" in self.path:
+            seen = {
+                "path": self.path,
+                "accept": self.headers.get("accept"),
+                "forwarded_port": self.headers.get("x-forwarded-port"),
+                "transcoded": self.headers.get("content-type", "").startswith("application/grpc"),
+            }
+            self._reply(200, "application/x-ndjson", json.dumps(seen).encode() + b"\n")
+        elif self.path == "/metrics":
             self._reply(200, "text/plain; version=0.0.4", METRICS_TEXT)
         elif self.path == "/openapi.json":
             self._reply(200, "application/json", b'{"openapi": "3.0.0"}')
@@ -155,6 +167,7 @@ def gateway_options(upstream: Upstream, **overrides: Any) -> GatewayOptions:
     values: dict[str, Any] = {
         "grpc_port": upstream.grpc_port,
         "metrics_port": upstream.metrics_port,
+        "live_port": upstream.metrics_port,
         "listen_port": 0,
         "admin_port": 0,
         "cors_allowed_origins": (CORS_ORIGIN,),

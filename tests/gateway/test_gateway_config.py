@@ -17,7 +17,9 @@ from gateway.config import (
     DEFAULT_ALLOWED_HOSTS,
     DEFAULT_DESCRIPTOR,
     GRPC_CLUSTER,
+    LIVE_CLUSTER,
     WATCH_PATH_REGEX,
+    WEBSOCKET_PATH_REGEX,
     GatewayOptions,
     build_envoy_config,
     write_envoy_config,
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def options(**overrides: Any) -> GatewayOptions:
-    values: dict[str, Any] = {"grpc_port": 50051, "metrics_port": 9090}
+    values: dict[str, Any] = {"grpc_port": 50051, "metrics_port": 9090, "live_port": 9091}
     values.update(overrides)
     return GatewayOptions(**values)
 
@@ -65,11 +67,50 @@ def test_validate_raises_with_envoys_reason(tmp_path: Path) -> None:
         validate(path)
 
 
-def test_every_grpc_route_has_no_timeout() -> None:
+def test_every_grpc_and_live_route_has_no_timeout() -> None:
     # The default 15 s route timeout would cut every watch stream.
-    grpc_routes = [r for r in routes(build_envoy_config(options())) if r["route"]["cluster"] == GRPC_CLUSTER]
-    assert len(grpc_routes) >= 3
-    assert all(r["route"]["timeout"] == "0s" for r in grpc_routes)
+    streaming = [
+        r
+        for r in routes(build_envoy_config(options()))
+        if "route" in r and r["route"]["cluster"] in (GRPC_CLUSTER, LIVE_CLUSTER)
+    ]
+    assert len(streaming) >= 4
+    assert all(r["route"]["timeout"] == "0s" for r in streaming)
+
+
+def test_live_routes_go_to_the_live_endpoint_untranscoded_and_without_a_timeout() -> None:
+    """The WebSocket and the REST watch (NDJSON and SSE alike) are the service's live endpoint, over HTTP/1.1."""
+    config = build_envoy_config(options(live_host="10.0.0.9"))
+    by_name = {r["name"]: r for r in routes(config)}
+    assert not [r for r in routes(config) if r["name"] == "rest-watch-sse"]  # the transcoder's SSE is gone
+    for name, regex in [("websocket", WEBSOCKET_PATH_REGEX), ("rest-watch", WATCH_PATH_REGEX)]:
+        route = by_name[name]
+        assert route["match"]["safe_regex"] == {"regex": regex}
+        [method] = route["match"]["headers"]
+        assert method == {"name": ":method", "string_match": {"safe_regex": {"regex": "^(GET|HEAD)$"}}}
+        # Other methods on the same paths: Envoy's 405, never the live server's text.
+        refuse = by_name[f"{name}-method-not-allowed"]
+        assert refuse["match"] == {"safe_regex": {"regex": regex}} and refuse["direct_response"]["status"] == 405
+        assert route["route"]["cluster"] == LIVE_CLUSTER and route["route"]["timeout"] == "0s"
+        per_filter = route["typed_per_filter_config"]
+        assert per_filter["envoy.filters.http.grpc_json_transcoder"]["disabled"] is True
+        assert per_filter["envoy.filters.http.lua"]["disabled"] is True  # a buffering body filter would stall streams
+        added = {h["header"]["key"]: h["header"]["value"] for h in route["request_headers_to_add"]}
+        assert added == {"x-forwarded-port": "%DOWNSTREAM_LOCAL_PORT%"}
+    websocket, watch = by_name["websocket"], by_name["rest-watch"]
+    assert websocket["route"]["upgrade_configs"] == [{"upgrade_type": "websocket"}]
+    assert websocket["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"] is True
+    assert "upgrade_configs" not in watch["route"]
+    names = [r["name"] for r in routes(config)]
+    assert names.index("rest-watch") < names.index("rest")  # before the transcoded catch-all
+    live = cluster(config, LIVE_CLUSTER)
+    assert "typed_extension_protocol_options" not in live  # HTTP/1.1: WebSocket upgrades need it
+    assert live["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "10.0.0.9", "port_value": 9091}
+    }
+    for path in ("/ws/abc-123", "/api/v1/ws/abc-123"):
+        assert re.fullmatch(WEBSOCKET_PATH_REGEX, path)
+    assert not re.fullmatch(WEBSOCKET_PATH_REGEX, "/ws/a/b")
 
 
 def test_grpc_cluster_speaks_http2_and_is_health_checked() -> None:
@@ -106,6 +147,8 @@ def test_admin_is_loopback_only() -> None:
     "overrides",
     [
         {"grpc_port": 0},
+        {"live_port": 0},
+        {"live_host": ""},
         {"listen_port": 70000},
         {"listen_host": "localhost"},
         {"max_request_bytes": 0},
@@ -134,7 +177,7 @@ def test_no_cors_policy_unless_origins_are_configured() -> None:
 
 
 def test_watch_route_regex_covers_every_streaming_rest_path() -> None:
-    """The SSE route is written by hand; this catches a contract change it would miss."""
+    """The live endpoint's watch route is written by hand; this catches a contract change it would miss."""
     files = descriptor_pb2.FileDescriptorSet()
     files.ParseFromString(DEFAULT_DESCRIPTOR.read_bytes())
     paths = []
@@ -197,6 +240,8 @@ def test_cli_render_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[
     rendered = capsys.readouterr().out
     config = yaml.safe_load(rendered)
     assert config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] == 0
+    live = cluster(config, LIVE_CLUSTER)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert live["address"]["socket_address"]["port_value"] == 9465  # the CLI's default live port
     path = tmp_path / "envoy.yaml"
     path.write_text(rendered)
     assert main(["validate", str(path)]) == 0
@@ -234,6 +279,7 @@ def test_a_star_allows_every_host() -> None:
 
 def test_no_upstream_tls_unless_a_ca_is_configured() -> None:
     assert "transport_socket" not in cluster(build_envoy_config(options()), GRPC_CLUSTER)
+    assert "transport_socket" not in cluster(build_envoy_config(options()), LIVE_CLUSTER)
 
 
 def test_upstream_tls_verifies_the_name_and_presents_a_client_certificate(tmp_path: Path) -> None:
@@ -246,6 +292,9 @@ def test_upstream_tls_verifies_the_name_and_presents_a_client_certificate(tmp_pa
     assert context["sni"] == "svc"
     common = context["common_tls_context"]
     assert common["alpn_protocols"] == ["h2"]
+    # The live endpoint is reached over the same TLS, speaking HTTP/1.1.
+    live = cluster(config, LIVE_CLUSTER)["transport_socket"]["typed_config"]["common_tls_context"]
+    assert live == {**common, "alpn_protocols": ["http/1.1"]}
     assert common["validation_context"]["trusted_ca"] == {"filename": str(ca)}
     assert common["validation_context"]["match_typed_subject_alt_names"] == [
         {"san_type": "DNS", "matcher": {"exact": "svc"}}

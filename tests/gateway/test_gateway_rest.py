@@ -26,26 +26,18 @@ from tests.gateway.gateway_fakes import (
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(30)]
 
-BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
-REQUEST_INFO = "type.googleapis.com/google.rpc.RequestInfo"
-
-
 def client(envoy: EnvoySidecar) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=envoy.url, timeout=10)
 
 
-def detail(body: dict[str, Any], type_url: str) -> dict[str, Any]:
-    matches = [d for d in body["details"] if d["@type"] == type_url]
-    assert len(matches) == 1, body
-    return matches[0]
-
-
-def assert_error(response: httpx.Response, status: int, code: int) -> dict[str, Any]:
+def assert_error(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    """The guide's ErrorResponse, plus FastAPI's `detail`."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    assert isinstance(body["message"], str) and body["message"]
+    assert body["error"] == error, body
+    assert isinstance(body["message"], str) and body["message"] and body["detail"] == body["message"]
+    assert isinstance(body["details"], dict) and body["timestamp"]
     return body
 
 
@@ -65,12 +57,14 @@ async def test_execute_workflow_reaches_servicer_and_prints_snake_case_with_zero
     assert isinstance(request, pb.ExecuteWorkflowRequest)
     assert request.requirements == "a todo app"
     assert request.configuration["language"] == "go"
+    # The guide's response: `status` is "accepted" on submit, whatever the state (the guide's own unit test).
     assert response.json() == {
         "session_id": "session-1",
-        "state": "WORKFLOW_STATE_QUEUED",
+        "status": "accepted",
         "message": "",
         "created_at": "2023-11-14T22:13:20Z",
         "created": False,
+        "warnings": [],
     }
 
 
@@ -104,7 +98,7 @@ async def test_workflow_status_is_a_flat_json_object(envoy: EnvoySidecar, prefix
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["session_id"] == "abc"
-    assert body["state"] == "WORKFLOW_STATE_RUNNING"
+    assert body["status"] == "running"
     assert body["progress"] == 0
     assert body["last_sequence"] == "2"  # int64 is a JSON string
 
@@ -112,12 +106,8 @@ async def test_workflow_status_is_a_flat_json_object(envoy: EnvoySidecar, prefix
 async def test_large_responses_are_not_cut_at_envoys_default_buffer(envoy: EnvoySidecar) -> None:
     async with client(envoy) as http:
         status = await http.get(f"/workflow-status/{BIG_SESSION}")
-        events = await http.get(f"/workflow-events/{BIG_SESSION}")
     assert status.status_code == 200, status.text[:300]
-    assert len(status.json()["result"]["documentation"]) == BIG_TEXT_CHARS
-    assert events.status_code == 200
-    messages = [json.loads(line)["message"] for line in events.text.splitlines() if line]
-    assert [len(m) for m in messages] == [BIG_TEXT_CHARS] * 3
+    assert len(status.json()["documentation"]) == BIG_TEXT_CHARS  # the result, at the top level
 
 
 # --- errors --------------------------------------------------------------------------------------------------
@@ -127,49 +117,57 @@ async def test_invalid_argument_keeps_the_servicers_details(envoy: EnvoySidecar)
     async with client(envoy) as http:
         response = await http.post(
             "/execute-workflow",
-            json={"requirements": INVALID_REQUIREMENTS},
+            json={"requirements": INVALID_REQUIREMENTS, "workflow_type": "full"},
             headers={"x-request-id": "rid-invalid"},
         )
-    body = assert_error(response, 400, 3)
+    body = assert_error(response, 400, "INVALID_ARGUMENT")
     assert body["message"] == "invalid request"
-    violations = detail(body, BAD_REQUEST)["field_violations"]
+    violations = body["details"]["field_violations"]
     assert [(v["field"], v["description"]) for v in violations] == [("requirements", "too vague")]
-    assert detail(body, REQUEST_INFO)["request_id"] == "rid-invalid"
+    assert body["request_id"] == "rid-invalid"
 
 
 async def test_not_found_from_the_servicer_is_404(envoy: EnvoySidecar) -> None:
     async with client(envoy) as http:
         response = await http.get(f"/workflow-status/{MISSING_SESSION}")
-    body = assert_error(response, 404, 5)
+    body = assert_error(response, 404, "NOT_FOUND")
     assert MISSING_SESSION in body["message"]
 
 
 async def test_unknown_path_is_404_json(envoy: EnvoySidecar) -> None:
     async with client(envoy) as http:
         response = await http.get("/no-such-thing", headers={"x-request-id": "rid-404"})
-    body = assert_error(response, 404, 5)
-    assert detail(body, REQUEST_INFO)["request_id"] == "rid-404"
+    body = assert_error(response, 404, "NOT_FOUND")
+    assert body["request_id"] == "rid-404"
 
 
 async def test_unknown_query_parameter_is_400_json(envoy: EnvoySidecar) -> None:
     async with client(envoy) as http:
         response = await http.get("/workflows", params={"bogus": "1"})
-    body = assert_error(response, 400, 3)
-    assert "bogus" in detail(body, BAD_REQUEST)["field_violations"][0]["description"]
+    body = assert_error(response, 400, "INVALID_ARGUMENT")
+    assert "bogus" in body["details"]["field_violations"][0]["description"]
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"{not json", b'{"requirements": 5}', b'{"priority": "NO_SUCH_PRIORITY"}'],
+    ("content", "kind"),
+    [
+        (b"{not json", "json_invalid"),
+        (b'{"requirements": 5, "workflow_type": "full"}', "string_type"),
+        (b'{"requirements": "r", "workflow_type": "full", "priority": "NO_SUCH_PRIORITY"}', "string_pattern_mismatch"),
+    ],
     ids=["malformed", "wrong-type", "unknown-enum"],
 )
-async def test_bad_json_body_is_400_json(envoy: EnvoySidecar, content: bytes) -> None:
+async def test_a_body_that_fails_the_request_model_is_422_and_never_reaches_the_service(
+    envoy: EnvoySidecar, upstream: Upstream, content: bytes, kind: str
+) -> None:
+    seen = len(upstream.servicer.seen.requests)
     async with client(envoy) as http:
         response = await http.post("/execute-workflow", content=content, headers={"content-type": "application/json"})
-    body = assert_error(response, 400, 3)
-    violation = detail(body, BAD_REQUEST)["field_violations"][0]
-    assert violation["field"] == "body"
-    assert violation["description"] == body["message"]
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "VALIDATION_ERROR"
+    assert [problem["type"] for problem in body["detail"]] == [kind]  # FastAPI's list
+    assert len(upstream.servicer.seen.requests) == seen
 
 
 async def test_body_over_the_limit_is_413_json(envoy: EnvoySidecar, upstream: Upstream) -> None:
@@ -178,47 +176,28 @@ async def test_body_over_the_limit_is_413_json(envoy: EnvoySidecar, upstream: Up
         response = await http.post(
             "/execute-workflow", json={"requirements": "x" * MAX_REQUEST_BYTES, "workflow_type": "full"}
         )
-    assert_error(response, 413, 8)
+    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert len(upstream.servicer.seen.requests) == seen
 
 
 # --- streams -------------------------------------------------------------------------------------------------
 
 
-async def test_watch_streams_ndjson_events(envoy: EnvoySidecar) -> None:
-    async with client(envoy) as http, http.stream("GET", "/workflow-events/abc") as response:
-        assert response.status_code == 200
-        lines = [line async for line in response.aiter_lines() if line]
-    events = [json.loads(line) for line in lines]
-    assert [e["sequence"] for e in events] == ["1", "2", "3"]
-    assert events[-1]["type"] == "EVENT_TYPE_WORKFLOW_COMPLETED"
-    assert all(e["session_id"] == "abc" for e in events)
-    assert events[0]["data"] == {"n": 1}
-
-
-async def test_watch_resumes_after_a_sequence(envoy: EnvoySidecar) -> None:
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"])
+async def test_watch_paths_go_to_the_live_endpoint_untranscoded(envoy: EnvoySidecar, accept: str) -> None:
+    """NDJSON and SSE alike are the service's live endpoint's; the transcoder never frames a watch stream."""
     async with client(envoy) as http:
-        response = await http.get("/api/v1/workflow-events/abc", params={"after_sequence": "2"})
-    assert response.status_code == 200
-    assert [json.loads(line)["sequence"] for line in response.text.splitlines() if line] == ["3"]
-
-
-async def test_watch_streams_server_sent_events_when_asked(envoy: EnvoySidecar) -> None:
-    headers = {"accept": "text/event-stream"}
-    async with (
-        client(envoy) as http,
-        http.stream("GET", "/workflow-events/abc?after_sequence=0", headers=headers) as response,
-    ):
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        lines = [line async for line in response.aiter_lines() if line]
-    assert all(line.startswith("data: ") for line in lines), lines
-    events = [json.loads(line.removeprefix("data: ")) for line in lines]
-    assert [e["type"] for e in events] == [
-        "EVENT_TYPE_WORKFLOW_QUEUED",
-        "EVENT_TYPE_WORKFLOW_STARTED",
-        "EVENT_TYPE_WORKFLOW_COMPLETED",
-    ]
+        for path in ("/workflow-events/abc", "/api/v1/workflow-events/abc?after_sequence=2"):
+            response = await http.get(path, headers={"accept": accept})
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "application/x-ndjson"  # the fake's, passed through
+            seen = json.loads(response.text)
+            assert seen == {
+                "path": path,
+                "accept": accept,
+                "forwarded_port": str(envoy.http_port),
+                "transcoded": False,
+            }
 
 
 # --- pass-through routes, headers, CORS ----------------------------------------------------------------------

@@ -83,7 +83,7 @@ async def test_envoy_refuses_an_upstream_it_cannot_verify_or_that_refuses_it(
             response = await http.get("/workflow-status/abc")
         # No healthy upstream: Envoy's own 503, as JSON, and nothing reached the service.
         assert response.status_code == 503, response.text
-        assert response.json()["code"] == 14
+        assert response.json()["error"] == "UNAVAILABLE"
         _, body = await envoy.admin_get("/clusters")
         flags = [line for line in body.decode().splitlines() if line.startswith("orchestrator_grpc::127.0.0.1:")]
         assert flags and not [line for line in flags if line.endswith("::health_flags::healthy")], flags

@@ -49,12 +49,12 @@ async def test_full_workflow_over_rest_generates_code_whose_tests_pass(offline_a
             async for line in response.aiter_lines():
                 if line.strip():
                     event = json.loads(line)
-                    if event["type"] == "EVENT_TYPE_PHASE_COMPLETED":
+                    if event["type"] == "phase_completed":
                         phases.append(event["phase"])
         assert phases == ["requirements", "design", "implementation", "tests", "review", "documentation"]
         status = (await http.get(f"/workflow-status/{submitted['session_id']}")).json()
-    assert status["state"] == "WORKFLOW_STATE_COMPLETED"
-    result = status["result"]
+    assert status["status"] == "completed"
+    result = status  # REST puts the results at the top level of the status, where the guide looks
     paths = [f["path"] for f in result["generated_code"]]
     assert any(p.endswith(".py") and "test" not in p for p in paths)
     assert any("test" in p for p in paths)
@@ -82,3 +82,8 @@ async def test_a_broken_generated_test_is_reported_failing(offline_app: App) -> 
         assert report.failed >= 1 and not report.success
         assert "test_deliberately_failing" in report.output
         assert report.iterations == 2
+        # "completed" alone would read as a clean run: the status's errors say the tests failed.
+        status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=response.session_id))
+        assert [(e.phase, e.code) for e in status.error_details] == [("tests", "tests_failed")]
+        assert "failed" in status.error_details[0].message
+        assert list(status.errors) == [status.error_details[0].message]

@@ -19,7 +19,8 @@ from tests.runners import ScriptedRunner
 
 pytestmark = pytest.mark.envoy
 
-STATUS_FIELDS = {"session_id", "state", "progress", "current_phase", "phases_completed", "errors", "partial_results"}
+# The guide's WorkflowProgressResponse fields.
+STATUS_FIELDS = {"session_id", "status", "progress", "current_phase", "phases_completed", "errors", "partial_results"}
 
 
 @pytest.fixture
@@ -39,10 +40,9 @@ async def http(rest_app: App) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def field_violations(body: dict[str, Any]) -> dict[str, str]:
-    for detail in body.get("details", []):
-        if detail.get("@type", "").endswith("google.rpc.BadRequest"):
-            return {v["field"]: v["description"] for v in detail["field_violations"]}
-    raise AssertionError(f"no BadRequest detail in {body}")
+    """The guide's ErrorResponse carries invalid fields in `details.field_violations`."""
+    assert {"error", "message", "detail", "details", "timestamp", "request_id"} <= set(body), body
+    return {v["field"]: v["description"] for v in body["details"]["field_violations"]}
 
 
 async def execute(http: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
@@ -60,30 +60,33 @@ async def ndjson_events(http: httpx.AsyncClient, path: str) -> list[dict[str, An
         async for line in response.aiter_lines():
             if line.strip():
                 event = json.loads(line)
-                if event["type"] != "EVENT_TYPE_HEARTBEAT":
+                if event["type"] != "heartbeat":
                     events.append(event)
     return events
 
 
 async def test_execute_status_and_documented_fields(http: httpx.AsyncClient) -> None:
-    submitted = await execute(http, priority="PRIORITY_HIGH", configuration={"language": "python"})
-    assert submitted["state"] == "WORKFLOW_STATE_QUEUED"
+    submitted = await execute(http, priority="high", configuration={"language": "python"})
+    assert submitted["status"] == "accepted"  # the guide's unit test; its handler says "queued" (see README)
     assert submitted["created"] is True
-    assert {"session_id", "message", "created_at"} <= set(submitted)
+    assert {"session_id", "message", "created_at", "estimated_completion"} <= set(submitted)
     events = await ndjson_events(http, f"/workflow-events/{submitted['session_id']}")
-    assert events[-1]["type"] == "EVENT_TYPE_WORKFLOW_COMPLETED"
+    assert events[-1]["type"] == "workflow_completed"
     response = await http.get(f"/workflow-status/{submitted['session_id']}")
     assert response.status_code == 200
     status = response.json()
     assert set(status) >= STATUS_FIELDS
-    assert status["state"] == "WORKFLOW_STATE_COMPLETED"
+    assert status["status"] == "completed"
     assert status["progress"] == 100
-    assert status["priority"] == "PRIORITY_HIGH"
+    assert status["priority"] == "high"
     assert status["current_phase"] == ""  # zero values are printed, not dropped
     assert status["errors"] == []
     assert status["phases_completed"][0] == "requirements"
-    assert status["result"]["generated_code"][0]["path"] == "app.py"
-    assert status["result"]["usage"]["input_tokens"] == "60"  # int64 is a JSON string in proto3 JSON
+    assert {p["state"] for p in status["phases"]} == {"completed"}
+    # The results at the top level, where the guide's integration test looks for them.
+    assert status["generated_code"][0]["path"] == "app.py"
+    assert "result" not in status and "state" not in status
+    assert status["usage"]["input_tokens"] == "60"  # int64 is a JSON string in proto3 JSON
     versioned = await http.get(f"/api/v1/workflow-status/{submitted['session_id']}")
     assert versioned.json() == status
     assert "x-request-id" in response.headers
@@ -94,13 +97,12 @@ async def test_execute_status_and_documented_fields(http: httpx.AsyncClient) -> 
 @pytest.mark.parametrize(
     ("body", "field", "text"),
     [
-        ({"workflow_type": "full"}, "requirements", "required"),
         ({"requirements": "x" * 50_001, "workflow_type": "full"}, "requirements", "limit is 50000"),
         ({"requirements": "r", "workflow_type": "nope"}, "workflow_type", "Unknown workflow type"),
-        (
-            {"requirements": "r", "workflow_type": "full", "configuration": {"bogus": True}},
-            "configuration.bogus",
-            "unknown key",
+        (  # keys a type does not document are passed on with a warning; a documented one must fit its type
+            {"requirements": "r", "workflow_type": "full", "configuration": {"max_fix_iterations": "two"}},
+            "configuration.max_fix_iterations",
+            "integer",
         ),
     ],
 )
@@ -110,32 +112,76 @@ async def test_bad_input_is_400_with_field_violations(
     response = await http.post("/execute-workflow", json=body, headers={"x-request-id": "rest-req-1"})
     assert response.status_code == 400, response.text
     payload = response.json()
-    assert payload["code"] == 3
+    assert payload["error"] in {"INVALID_ARGUMENT", "UNKNOWN_WORKFLOW_TYPE"}
     assert text in field_violations(payload)[field]
-    infos = [d for d in payload["details"] if d["@type"].endswith("google.rpc.RequestInfo")]
-    assert infos and infos[0]["request_id"] == "rest-req-1"
+    assert payload["detail"] == payload["message"]
+    assert payload["request_id"] == "rest-req-1"
 
 
-async def test_bad_priority_and_malformed_json_are_400_json(http: httpx.AsyncClient) -> None:
-    for content in ('{"requirements": "r", "workflow_type": "full", "priority": "SUPER"}', '{"requirements": '):
-        response = await http.post("/execute-workflow", content=content, headers={"content-type": "application/json"})
-        assert response.status_code == 400, response.text
-        payload = response.json()
-        assert payload["code"] == 3
-        assert field_violations(payload)
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"workflow_type": "full"}', {"type": "missing", "loc": ["body", "requirements"], "msg": "Field required"}),
+        (
+            '{"requirements": 5, "workflow_type": "full"}',
+            {"type": "string_type", "loc": ["body", "requirements"], "msg": "Input should be a valid string"},
+        ),
+        (
+            '{"requirements": "r", "workflow_type": "full", "configuration": []}',
+            {"type": "dict_type", "loc": ["body", "configuration"], "msg": "Input should be a valid dictionary"},
+        ),
+        (
+            '{"requirements": "r", "workflow_type": "full", "priority": "SUPER"}',
+            {"type": "string_pattern_mismatch", "loc": ["body", "priority"]},
+        ),
+        ('{"requirements": ', {"type": "json_invalid", "msg": "JSON decode error"}),
+        ("[1, 2]", {"type": "model_attributes_type", "loc": ["body"]}),
+        ("", {"type": "missing", "loc": ["body"]}),
+    ],
+)
+async def test_a_body_that_fails_the_request_model_is_fastapis_422(
+    http: httpx.AsyncClient, content: str, problem: dict[str, Any]
+) -> None:
+    response = await http.post("/execute-workflow", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert payload["error"] == "VALIDATION_ERROR"
+    [found] = payload["detail"]
+    assert problem.items() <= found.items(), found
+    assert payload["request_id"] == response.headers["x-request-id"]
+
+
+async def test_priority_words_reach_grpc_as_the_enum(http: httpx.AsyncClient, rest_app: App) -> None:
+    import grpc
+
+    from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
+    from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+    from service.gen.orchestrator.v1.enums_pb2 import Priority
+
+    submitted = await execute(http, priority="critical", configuration={"team": "blue"})
+    assert submitted["warnings"] and "team" in submitted["warnings"][0]  # kept and passed on, not refused
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{rest_app.grpc_port}") as channel:
+        status = await pb_grpc.OrchestratorServiceStub(channel).GetWorkflowStatus(
+            pb.GetWorkflowStatusRequest(session_id=submitted["session_id"])
+        )
+    assert status.priority == Priority.PRIORITY_CRITICAL
 
 
 async def test_unknown_query_parameter_and_paths(http: httpx.AsyncClient) -> None:
     response = await http.get("/workflow-types", params={"bogus": "1"})
     assert response.status_code == 400
-    assert response.json()["code"] == 3
+    assert response.json()["error"] == "INVALID_ARGUMENT"
     response = await http.get("/no-such-path")
     assert response.status_code == 404
-    assert response.json()["code"] == 5
+    assert response.json()["error"] == "NOT_FOUND"
     response = await http.get("/workflow-status/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404
     body = response.json()
-    assert body["code"] == 5 and "No workflow session" in body["message"]
+    assert body["error"] == "NOT_FOUND" and "No workflow session" in body["detail"]
+    for query, field in (({"status": "bogus"}, "status"), ({"page_size": "ten"}, "page_size")):
+        response = await http.get("/workflows", params=query)
+        assert response.status_code == 400, response.text
+        assert field in field_violations(response.json())
 
 
 async def test_watch_as_ndjson_and_sse_and_resume(http: httpx.AsyncClient) -> None:
@@ -159,7 +205,7 @@ async def test_watch_as_ndjson_and_sse_and_resume(http: httpx.AsyncClient) -> No
             if line.startswith("data:"):
                 sse.append(json.loads(line.removeprefix("data:").strip()))
     assert [int(e["sequence"]) for e in sse] == sequences
-    assert sse[-1]["type"] == "EVENT_TYPE_WORKFLOW_COMPLETED"
+    assert sse[-1]["type"] == "workflow_completed"
 
 
 async def test_live_watch_over_rest_sees_every_event(http: httpx.AsyncClient, runner: ScriptedRunner) -> None:
@@ -170,7 +216,7 @@ async def test_live_watch_over_rest_sees_every_event(http: httpx.AsyncClient, ru
     gate.set()
     events = await asyncio.wait_for(watcher, 20)
     assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
-    assert events[-1]["type"] == "EVENT_TYPE_WORKFLOW_COMPLETED"
+    assert events[-1]["type"] == "workflow_completed"
 
 
 async def test_idempotent_execute_cancel_and_list(http: httpx.AsyncClient, runner: ScriptedRunner) -> None:
@@ -182,10 +228,10 @@ async def test_idempotent_execute_cancel_and_list(http: httpx.AsyncClient, runne
 
     cancelled = await http.post(f"/cancel-workflow/{first['session_id']}", json={"reason": "test"})
     assert cancelled.status_code == 200
-    assert cancelled.json()["state"] == "WORKFLOW_STATE_CANCELLED"
+    assert cancelled.json()["status"] == "cancelled"
     again = await http.post(f"/api/v1/cancel-workflow/{first['session_id']}", json={})
     assert again.status_code == 400  # FAILED_PRECONDITION
-    assert again.json()["code"] == 9
+    assert again.json()["error"] == "FAILED_PRECONDITION"
 
     for i in range(3):
         await execute(http, requirements=f"r{i}", workflow_type="design")
@@ -195,17 +241,29 @@ async def test_idempotent_execute_cancel_and_list(http: httpx.AsyncClient, runne
     assert len(rest["workflows"]) == 2 and rest["next_page_token"] == ""
     ids = [w["session_id"] for w in page["workflows"] + rest["workflows"]]
     assert len(set(ids)) == 4 and first["session_id"] in ids
-    cancelled_only = (await http.get("/workflows", params={"state": "WORKFLOW_STATE_CANCELLED"})).json()
+    cancelled_only = (await http.get("/workflows", params={"status": "cancelled"})).json()
     assert [w["session_id"] for w in cancelled_only["workflows"]] == [first["session_id"]]
+    assert cancelled_only["workflows"][0]["status"] == "cancelled"
 
 
 async def test_types_health_and_metrics(http: httpx.AsyncClient) -> None:
-    types = (await http.get("/workflow-types")).json()["workflow_types"]
-    assert "full" in {t["name"] for t in types}
-    assert (await http.get("/api/v1/workflow-types")).json()["workflow_types"] == types
+    response = await http.get("/workflow-types")
+    body = response.json()
+    # The guide's handler: {"workflow_types": [names]}; the descriptions beside them.
+    assert "full" in body["workflow_types"]
+    assert [t["name"] for t in body["workflow_type_details"]] == body["workflow_types"]
+    assert (await http.get("/api/v1/workflow-types")).json() == body
+    # Cacheable: a max-age, an ETag, and 304 when it still matches.
+    assert "max-age=" in response.headers["cache-control"]
+    etag = response.headers["etag"]
+    again = await http.get("/workflow-types", headers={"if-none-match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+    stale = await http.get("/workflow-types", headers={"if-none-match": '"stale"'})
+    assert stale.status_code == 200 and stale.json() == body
     health = await http.get("/health")
     assert health.status_code == 200
-    assert health.json()["status"] == "SERVING_STATUS_SERVING"
+    assert health.json()["status"] == "serving"
     metrics = await http.get("/metrics")
     assert metrics.status_code == 200
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Health"' in metrics.text
@@ -223,9 +281,8 @@ async def test_auth_through_envoy_is_401_json_without_a_token_and_200_with_one(
             response = await http.get("/workflow-types")
             assert response.status_code == 401, response.text
             body = response.json()
-            assert body["code"] == 16
-            reasons = [d["reason"] for d in body["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
-            assert reasons == ["TOKEN_MISSING"]
+            assert body["error"] == "TOKEN_MISSING"
+            assert body["detail"] == body["message"] and body["request_id"]
             now = int(time.time())
             token = jwt.encode(
                 {
@@ -240,13 +297,43 @@ async def test_auth_through_envoy_is_401_json_without_a_token_and_200_with_one(
             )
             response = await http.get("/workflow-types", headers={"authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.text
-            assert "full" in {t["name"] for t in response.json()["workflow_types"]}
+            assert "full" in response.json()["workflow_types"]
             response = await http.post(
                 "/execute-workflow",
                 json={"requirements": "r", "workflow_type": "full"},
                 headers={"authorization": f"Bearer {token}"},
             )
-            assert response.status_code == 403 and response.json()["code"] == 7  # read-only token
+            assert response.status_code == 403, response.text  # a read-only token
+            assert response.json()["error"] == "SCOPE_MISSING"
             assert (await http.get("/health")).status_code == 200  # probes need no token
     finally:
         await application.stop(grace=0.5)
+
+
+async def test_the_envoy_face_and_the_python_face_agree(http: httpx.AsyncClient, rest_app: App) -> None:
+    """Envoy's Lua filter and gateway.restface.to_rest (which the live endpoint uses) are one transform."""
+    import grpc
+    from google.protobuf import json_format
+
+    from gateway import restface
+    from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
+    from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+    submitted = await execute(http, priority="low", configuration={"language": "python", "extra": {"a": [1, None]}})
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{rest_app.grpc_port}") as channel:
+        stub = pb_grpc.OrchestratorServiceStub(channel)
+        # The stream ends after the terminal event: then the status holds the whole result.
+        async for _ in stub.WatchWorkflow(pb.WatchWorkflowRequest(session_id=submitted["session_id"])):
+            pass
+        status = await stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(session_id=submitted["session_id"]))
+        types = await stub.ListWorkflowTypes(pb.ListWorkflowTypesRequest())
+    pairs = [
+        (status, f"/workflow-status/{submitted['session_id']}"),
+        (types, "/workflow-types"),
+    ]
+    for message, path in pairs:
+        proto_json = json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        expected = restface.to_rest(message.DESCRIPTOR.full_name, proto_json)
+        assert (await http.get(path)).json() == expected, path

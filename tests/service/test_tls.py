@@ -140,9 +140,9 @@ async def test_mutual_tls_grpc_and_rest_through_envoy(start: Any, pki: Pki) -> N
         session_id = submitted.json()["session_id"]
         async with http.stream("GET", f"/workflow-events/{session_id}") as stream:
             lines = [line async for line in stream.aiter_lines() if line.strip()]
-        assert '"EVENT_TYPE_WORKFLOW_COMPLETED"' in lines[-1]
+        assert '"workflow_completed"' in lines[-1]  # the live endpoint's REST-face JSON
         health = await http.get("/health")
-        assert health.status_code == 200 and health.json()["status"] == "SERVING_STATUS_SERVING"
+        assert health.status_code == 200 and health.json()["status"] == "serving"
 
 
 @pytest.mark.envoy
