@@ -15,8 +15,12 @@ from orchestrator.agents import AgentSettings, PhaseRunner
 from orchestrator.definitions import load_catalog
 from orchestrator.engine import Engine, PhaseRunnerLike
 from orchestrator.settings import Settings
+from service.auth import Gatekeeper
+from service.health import HealthServicer
+from service.live import LiveServer
 from service.metrics import MetricsServer, ServiceMetrics
 from service.server import build_server, set_serving
+from service.startup import describe_startup_failure
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +33,11 @@ class App:
     grpc_port: int = 0
     metrics_port: int = 0
     http_port: int = 0
+    live_port: int = 0
     engine: Engine | None = None
     _server: grpc.aio.Server | None = None
     _metrics_server: MetricsServer | None = None
+    _live: LiveServer | None = None
     _health: health.aio.HealthServicer | None = None
     _envoy: object | None = None
     _own_runner: PhaseRunner | None = None
@@ -46,11 +52,16 @@ class App:
         self.engine = engine = Engine(settings, catalog, runner, metrics)
         metrics.track_running(engine.running_count)
         metrics.track_queued(engine.queued_counts, catalog.names())
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()  # the reference servicer plus List
         await set_serving(self._health, False)
-        self._server, self.grpc_port = build_server(settings, self.engine, metrics, self._health)
+        # One gatekeeper for the gRPC server and the live endpoint: one set of per-tenant limits and stream caps.
+        gatekeeper = Gatekeeper(settings)
+        self._server, self.grpc_port = build_server(settings, self.engine, metrics, self._health, gatekeeper)
         await self.engine.start()
         await self._server.start()
+        self._live = LiveServer(settings, self.engine, gatekeeper, metrics)
+        await self._live.start()
+        self.live_port = self._live.port
         token = settings.auth.metrics_token
         self._metrics_server = MetricsServer(
             self.registry, settings.host, settings.metrics_port, token.get_secret_value() if token else None
@@ -61,11 +72,12 @@ class App:
         if settings.envoy:
             await self._start_envoy()
         logger.info(
-            "serving gRPC%s on %s:%d, metrics on :%d%s",
+            "serving gRPC%s on %s:%d, metrics on :%d, live channel on :%d%s",
             " (mutual TLS)" if settings.tls.mutual else " (TLS)" if settings.tls.enabled else "",
             settings.host,
             self.grpc_port,
             self.metrics_port,
+            self.live_port,
             f", REST on :{self.http_port}" if settings.envoy else "",
         )
 
@@ -84,6 +96,8 @@ class App:
             grpc_port=self.grpc_port,
             metrics_host=settings.host,
             metrics_port=self.metrics_port,
+            live_host=settings.host,
+            live_port=self.live_port,
             allowed_hosts=settings.allowed_hosts,
             cors_allowed_origins=settings.cors_allowed_origins,
             # One limit for both doors: REST bodies at Envoy, gRPC messages at the server.
@@ -107,6 +121,8 @@ class App:
             self.engine.stop_accepting()
         if self._server is not None:
             await self._server.stop(grace)
+        if self._live is not None:
+            await self._live.stop()
         if self.engine is not None:
             await self.engine.stop()
         if self._metrics_server is not None:
@@ -144,8 +160,17 @@ def _sandboxed(settings: Settings) -> AgentSettings:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Runs the service until `stop` is set. Raises StartupError, one line for people, when it cannot start."""
     app = App(settings)
-    await app.start()
+    try:
+        await app.start()
+    except Exception as exc:
+        # What did start (the engine's threads, Envoy, a listening port) must not outlive the failure.
+        try:
+            await app.stop(grace=0)
+        except Exception:
+            logger.debug("cleaning up after a failed start-up failed too", exc_info=True)
+        raise describe_startup_failure(exc, settings.data_dir / "envoy" / "envoy.log") from exc
     try:
         await stop.wait()
     finally:

@@ -1,7 +1,8 @@
 """Who may call what: bearer JWTs (HS256 with a shared secret, RS256/ES256 with a JWKS), the tenant and scopes
 they carry, and the per-tenant rate and watch-stream limits. `Gatekeeper.admit` runs inside ServiceInterceptor
 before any handler, so gRPC clients, REST through Envoy and Envoy's gRPC passthrough are checked alike; the
-principal travels to the servicer in a ContextVar.
+principal travels to the servicer in a ContextVar. The live endpoint (WebSocket, REST watch) admits through the
+same Gatekeeper with `admit_call`, so its streams count against the same per-tenant caps.
 """
 
 from __future__ import annotations
@@ -301,11 +302,22 @@ class Gatekeeper:
 
     @asynccontextmanager
     async def admit(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        if is_public(method):
+        async with self.admit_call(method, context.invocation_metadata(), peer_address(context.peer())):
             yield
+
+    @asynccontextmanager
+    async def admit_call(
+        self, method: str, metadata: Iterable[tuple[str, Any]] | None, client_address: str
+    ) -> AsyncIterator[Principal | None]:
+        """`admit` for any transport: the gRPC interceptor and the live HTTP/WebSocket endpoint (service/live.py)
+        admit through here, so both share one set of rules, rate buckets and stream slots. Yields the principal
+        (None for a public method); `metadata` holds the authorization header, `client_address` keys the limits
+        when auth is off."""
+        if is_public(method):
+            yield None
             return
         rule = RULES.get(method, _UNLISTED)
-        principal = await self._authenticate(context)
+        principal = await self._authenticate(metadata, client_address)
         # Each RPC runs in its own task, so the value cannot leak into another call.
         _principal.set(principal)
         scope = self._auth.write_scope if rule.access is Access.WRITE else self._auth.read_scope
@@ -321,7 +333,7 @@ class Gatekeeper:
                 reason="RATE_LIMITED",
             )
         if not rule.stream:
-            yield
+            yield principal
             return
         if not self._streams.acquire(principal.limit_key):
             raise ResourceExhausted(
@@ -330,15 +342,15 @@ class Gatekeeper:
                 reason="TOO_MANY_WATCH_STREAMS",
             )
         try:
-            yield
+            yield principal
         finally:
             self._streams.release(principal.limit_key)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _authenticate(self, metadata: Iterable[tuple[str, Any]] | None, client_address: str) -> Principal:
         if self.verifier is None:
             everything = frozenset({self._auth.read_scope, self._auth.write_scope})
-            return Principal("", everything, "address:" + peer_address(context.peer()))
-        claims = await self.verifier.claims(bearer_token(context.invocation_metadata()))
+            return Principal("", everything, "address:" + client_address)
+        claims = await self.verifier.claims(bearer_token(metadata))
         tenant = claims.get(self._auth.tenant_claim)
         if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT_CHARS or not tenant.isprintable():
             raise Unauthenticated(

@@ -118,13 +118,13 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    from orchestrator.errors import DefinitionError
+    from service.startup import StartupError
 
     try:
         asyncio.run(run())
-    except DefinitionError as exc:
+    except StartupError as exc:  # a port in use, the database down, Envoy refusing: one line, no traceback
         print(f"cannot start: {exc.message}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The one table from domain errors to gRPC status codes and google.rpc details."""
+"""The one table from domain errors to gRPC status codes and google.rpc details, and the codes' HTTP statuses."""
 
 from __future__ import annotations
 
@@ -28,6 +28,34 @@ CODES: dict[str, grpc.StatusCode] = {
 }
 
 
+# The HTTP status of each gRPC code, as Envoy's transcoder maps them (google/rpc/code.proto's HTTP mapping), for
+# the endpoints the service answers over HTTP itself (service/live.py), so a REST client sees one mapping.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def code_of(exc: OrchestratorError) -> grpc.StatusCode:
+    """The gRPC code of a domain error (INTERNAL for a code this table does not know)."""
+    return CODES.get(exc.code, grpc.StatusCode.INTERNAL)
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
@@ -39,7 +67,7 @@ def to_status(exc: OrchestratorError | None, request_id: str) -> tuple[grpc.Stat
     if exc is None:
         code, message, reason = grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})", "INTERNAL"
     else:
-        code, message, reason = CODES.get(exc.code, grpc.StatusCode.INTERNAL), exc.message, exc.code
+        code, message, reason = code_of(exc), exc.message, exc.code
     details = []
     if isinstance(exc, InvalidArgument) and exc.violations:
         bad = error_details_pb2.BadRequest()

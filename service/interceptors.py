@@ -57,8 +57,15 @@ def _decoded(message: Any) -> Any:
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable():
-            return value
+        if key == REQUEST_ID_HEADER:
+            return request_id_or_new(value)
+    return str(uuid.uuid4())
+
+
+def request_id_or_new(value: object) -> str:
+    """The client's (or Envoy's) request id when it is a sane one, else a new one."""
+    if isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable():
+        return value
     return str(uuid.uuid4())
 
 

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from orchestrator.agents.observer import ModelOutcome, SandboxOutcome
 from service import docs
+from service.startup import check_port_free
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,9 @@ class ServiceMetrics:
             registry=registry,
         )
         self.watch_streams = Gauge(
-            "orchestrator_watch_streams_open", "Open WatchWorkflow streams on this replica.", registry=registry
+            "orchestrator_watch_streams_open",
+            "Open watch streams (gRPC, REST and WebSocket) on this replica.",
+            registry=registry,
         )
         self.running = Gauge(
             "orchestrator_workflows_running",
@@ -281,8 +284,8 @@ class _QueuedCollector(Collector):
 
 
 class MetricsServer:
-    """Serves GET /metrics and the API docs (/openapi.json, /docs/; service/docs.py) over plain HTTP on its own
-    thread."""
+    """Serves GET /metrics and the API docs (/openapi.json, /docs, /redoc; service/docs.py) over plain HTTP on
+    its own thread."""
 
     def __init__(self, registry: CollectorRegistry, host: str, port: int, token: str | None = None) -> None:
         registry_ref = registry
@@ -324,6 +327,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes every few seconds would drown the log
 
+        check_port_free("metrics", host, port, "--metrics-port")  # else a bare "Address already in use"
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)

@@ -1,4 +1,5 @@
-"""Builds the grpc.aio server: the orchestrator service, grpc.health.v1, reflection, one interceptor."""
+"""Builds the grpc.aio server: the orchestrator service, grpc.health.v1, reflection (v1 and v1alpha), one
+interceptor."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import logging
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from orchestrator.engine import Engine
 from orchestrator.settings import Settings
@@ -17,7 +17,9 @@ from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from service.interceptors import ServiceInterceptor
 from service.metrics import ServiceMetrics
+from service.reflection import enable_reflection
 from service.servicer import OrchestratorServicer
+from service.startup import check_port_free
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def build_server(
-    settings: Settings, engine: Engine, metrics: ServiceMetrics, health_servicer: health.aio.HealthServicer
+    settings: Settings,
+    engine: Engine,
+    metrics: ServiceMetrics,
+    health_servicer: health.aio.HealthServicer,
+    gatekeeper: Gatekeeper | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """The server, not started, bound to settings.host:settings.grpc_port (0 picks a free port)."""
-    gatekeeper = Gatekeeper(settings)
+    """The server, not started, bound to settings.host:settings.grpc_port (0 picks a free port). Pass the
+    `gatekeeper` another door (the live endpoint) admits through, so both share its limits."""
+    gatekeeper = gatekeeper or Gatekeeper(settings)
     if gatekeeper.verifier is None:
         logger.warning("%s; bound to %s", gatekeeper.describe(), settings.host)
     else:
@@ -48,6 +55,9 @@ def build_server(
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            # gRPC binds with SO_REUSEPORT by default: a second instance given the same port would start "fine"
+            # and the kernel would split clients between two unrelated servers. Off, the port is in use.
+            ("grpc.so_reuseport", 0),
         ],
     )
     metrics.initialize_methods(
@@ -57,9 +67,7 @@ def build_server(
     )
     pb_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(settings, engine, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    enable_reflection([SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
     address = f"{settings.host}:{settings.grpc_port}"
     credentials = server_credentials(settings)
     if credentials is None and not _is_loopback(settings.host):
@@ -68,6 +76,7 @@ def build_server(
             "or bind to loopback behind Envoy",
             settings.host,
         )
+    check_port_free("gRPC", settings.host, settings.grpc_port, "--grpc-port")
     port = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind the gRPC port {settings.host}:{settings.grpc_port}")

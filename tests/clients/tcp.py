@@ -74,10 +74,12 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 @contextlib.contextmanager
 def reserved_port() -> Iterator[int]:
-    """A loopback port bound (not listening) for the duration: connections to it are refused, no other process
-    can take it, and a gRPC server can still bind it, since both sockets set SO_REUSEPORT (gRPC does by default)."""
+    """A loopback port bound (not listening) for the duration: connections to it are refused, a port picker
+    elsewhere will not hand it out, and a gRPC server can still bind it: on Linux two sockets that both set
+    SO_REUSEADDR (gRPC does) may share a port while neither listens. (Not SO_REUSEPORT: the server turns that
+    off, so that a second instance cannot silently share its port.)"""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     try:
         yield int(sock.getsockname()[1])

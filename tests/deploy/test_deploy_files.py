@@ -239,11 +239,14 @@ def test_compose_ports_and_wiring_match_the_service() -> None:
     services = compose()["services"]
     env = services["orchestrator"]["environment"]
     command = services["envoy"]["command"]
-    envoy = {name: flag(command, name) for name in ("grpc-host", "metrics-host", "grpc-port", "metrics-port")}
+    names = ("grpc-host", "metrics-host", "live-host", "grpc-port", "metrics-port", "live-port")
+    envoy = {name: flag(command, name) for name in names}
     envoy["listen-port"] = flag(command, "listen-port")
-    assert envoy["grpc-host"] == envoy["metrics-host"] == "orchestrator"  # the service's name on the network
+    # The service's name on the network.
+    assert envoy["grpc-host"] == envoy["metrics-host"] == envoy["live-host"] == "orchestrator"
     assert envoy["grpc-port"] == env["ORCHESTRATOR_GRPC_PORT"]
     assert envoy["metrics-port"] == env["ORCHESTRATOR_METRICS_PORT"]
+    assert envoy["live-port"] == env["ORCHESTRATOR_LIVE_PORT"]
     # Envoy answers the Host names it is reached by: Prometheus's (envoy:8080) and the host's own curl.
     assert {"envoy", "localhost"} <= set(flags(command)["allowed-host"])
     assert env["ORCHESTRATOR_HOST"] == "0.0.0.0" and env["ORCHESTRATOR_ENVOY"] == "false"
@@ -267,16 +270,18 @@ def test_k8s_ports_probes_identity_and_selectors_match() -> None:
     service, envoy = container("orchestrator"), container("envoy")
     sidecar = {name: flag(envoy["args"], name) for name in flags(envoy["args"]) if name != "allowed-host"}
     grpc_port, metrics_port = int(config["ORCHESTRATOR_GRPC_PORT"]), int(config["ORCHESTRATOR_METRICS_PORT"])
+    live_port = int(config["ORCHESTRATOR_LIVE_PORT"])
     assert statefulset["spec"]["replicas"] >= 2
     assert statefulset["spec"]["serviceName"] == "orchestrator-headless"
     ports = {p["name"]: p["containerPort"] for p in service["ports"]}
-    assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+    assert ports == {"grpc": grpc_port, "metrics": metrics_port, "live": live_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert service[probe]["grpc"]["port"] == grpc_port, probe  # grpc.health.v1, natively
     identity = {e["name"]: e for e in service["env"]}["ORCHESTRATOR_REPLICA_ID"]
     assert identity["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert sidecar["grpc-host"] == sidecar["metrics-host"] == "127.0.0.1"  # same pod
+    assert sidecar["grpc-host"] == sidecar["metrics-host"] == sidecar["live-host"] == "127.0.0.1"  # same pod
     assert (int(sidecar["grpc-port"]), int(sidecar["metrics-port"])) == (grpc_port, metrics_port)
+    assert int(sidecar["live-port"]) == live_port
     assert config["ORCHESTRATOR_HOST"] == "0.0.0.0"  # kubelet's gRPC probes come from outside the pod
     http_port = int(sidecar["listen-port"])
     assert {p["name"]: p["containerPort"] for p in envoy["ports"]} == {"http": http_port}
@@ -402,6 +407,7 @@ async def test_the_sidecar_entrypoint_serves_metrics_through_envoy(offline_app: 
     here = {
         "grpc-port": str(offline_app.grpc_port),
         "metrics-port": str(offline_app.metrics_port),
+        "live-port": str(offline_app.live_port),
         "listen-host": "127.0.0.1",
         "listen-port": "0",
         "admin-port": "0",
