@@ -44,6 +44,17 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# Chromium (Debian's package): a headless page opens the guide's WebSocket through Envoy in the tests, and must run,
+# not skip.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "chromium is missing: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+export ORCHESTRATOR_REQUIRE_CHROMIUM=1
 # The Node.js client example runs against the real server in the tests.
 (cd clients/node && npm ci --silent --no-audit --no-fund >/dev/null)
 
@@ -55,6 +66,8 @@ if git rev-parse --verify --quiet HEAD~1 >/dev/null && git cat-file -e HEAD~1:bu
 fi
 echo "== generated files"
 python scripts/generate.py --check
+echo "== vendored ReDoc (service/static/redoc, from the npm package)"
+python scripts/vendor_redoc.py --check
 echo "== ruff"
 ruff check .
 echo "== mypy"
