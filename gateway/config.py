@@ -65,6 +65,15 @@ MAX_DOWNSTREAM_CONNECTIONS: Final = 10_000
 DEFAULT_ALLOWED_HOSTS: Final = ("localhost", "127.0.0.1", "[::1]")
 MISDIRECTED_BODY: Final = "this server does not serve the host named in the request's Host header"
 
+# Envoy's own text for these names upstream hosts, TLS failures and the like: the access log keeps it
+# (RESPONSE_CODE_DETAILS), clients get a fixed message.
+UPSTREAM_TROUBLE: Final[dict[int, str]] = {
+    500: "internal error",
+    502: "the service answered with something that is not a valid reply; retry shortly",
+    503: "the service is unavailable; retry shortly",
+    504: "the service did not answer in time; retry shortly",
+}
+
 CORS_ALLOW_METHODS: Final = "GET, POST, OPTIONS"
 # last-event-id: SSE clients built on fetch (EventSource polyfills) send it to resume, and it is not CORS-safelisted
 # (browsers' own EventSource is exempt).
@@ -512,7 +521,9 @@ def _local_reply_config() -> JsonDict:
         _mapper(body_error, _guide_error(400, field="body")),
     ]
     mappers += [
-        _mapper(_local_rest_reply(status), _guide_error(status))
+        _mapper(
+            _local_rest_reply(status), _guide_error(status, message=UPSTREAM_TROUBLE.get(status, "%LOCAL_REPLY_BODY%"))
+        )
         for status in sorted(restface.HTTP_ERRORS)
     ]
     # Any other error status: still the guide's body, never Envoy's plain text.

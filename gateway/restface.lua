@@ -64,10 +64,13 @@ local function decode_string(str, pos)
         local cp, after = tonumber(hex, 16), s + 6
         if cp >= 0xD800 and cp <= 0xDBFF then
           local low = sub(str, s + 6, s + 11)
-          if find(low, "^\\u[dD][c-fC-F]%x%x$") then
-            cp = 0x10000 + (cp - 0xD800) * 0x400 + (tonumber(sub(low, 3), 16) - 0xDC00)
-            after = s + 12
+          if not find(low, "^\\u[dD][c-fC-F]%x%x$") then
+            fail(s, "Unpaired surrogate")
           end
+          cp = 0x10000 + (cp - 0xD800) * 0x400 + (tonumber(sub(low, 3), 16) - 0xDC00)
+          after = s + 12
+        elseif cp >= 0xDC00 and cp <= 0xDFFF then
+          fail(s, "Unpaired surrogate")
         end
         n = n + 1
         parts[n] = utf8(cp)
@@ -167,7 +170,11 @@ decode_value = function(str, pos, depth)
   e = frac or e
   local _, exp = find(str, "^[eE][-+]?%d+", e + 1)
   e = exp or e
-  return tonumber(sub(str, s, e)), e + 1
+  local number = tonumber(sub(str, s, e))
+  if number == math.huge or number == -math.huge then
+    fail(pos, "Number out of range") -- protobuf's JSON has no infinity; null would lose it silently
+  end
+  return number, e + 1
 end
 
 local function decode(str)
@@ -587,14 +594,18 @@ end
 function envoy_on_request(handle)
   local headers = handle:headers()
   local content_type = headers:get("content-type") or ""
-  if sub(content_type, 1, 16) == "application/grpc" then
-    return -- a native gRPC call: not ours
+  -- A native gRPC call is not ours, and is never buffered. What Envoy counts as gRPC: application/grpc, or
+  -- application/grpc+<codec> (grpc-web and the like go through the transcoder, so through here too).
+  if content_type == "application/grpc" or sub(content_type, 1, 17) == "application/grpc+"
+    or sub(content_type, 1, 17) == "application/grpc;" then
+    return
   end
   local meta = handle:streamInfo():dynamicMetadata()
   local path = headers:get(":path") or ""
   local q = find(path, "?", 1, true)
   local bare = q and sub(path, 1, q - 1) or path
-  local route = match_route(headers:get(":method"), bare)
+  -- The transcoder ignores trailing slashes: so does the match, or /execute-workflow/ would skip the checks.
+  local route = match_route(headers:get(":method"), (bare:gsub("(.)/+$", "%1")))
   if route == nil then
     meta:set(NS, "rpc", "")
     return
@@ -705,10 +716,20 @@ function envoy_on_response(handle)
     return
   end
   headers = handle:headers() -- body() waits; the earlier handle is no longer valid
-  local response = to_rest(RULES.response_of[rpc], decode(body:getBytes(0, body:length())))
+  local ok, parsed = pcall(decode, body:getBytes(0, body:length()))
+  if not ok then
+    -- The transcoder always writes valid JSON; should it not, a 500 in the guide's shape beats the raw body.
+    headers:replace(":status", "500")
+    headers:replace("content-type", "application/json")
+    replace_body(handle, headers, body, encode_json(error_body(handle, 500, "internal error", "INTERNAL", nil,
+      headers:get("x-request-id"))))
+    return
+  end
+  local response = to_rest(RULES.response_of[rpc], parsed)
   if rpc == "ListWorkflowTypes" then
     local etag = headers:get("etag")
-    headers:replace("cache-control", "public, max-age=" .. RULES.types_max_age)
+    -- private: the reply answers an authenticated request, which a shared cache must not hand to others.
+    headers:replace("cache-control", "private, max-age=" .. RULES.types_max_age)
     if etag ~= nil and meta.if_none_match ~= "" then
       for candidate in string.gmatch(meta.if_none_match, "[^,%s]+") do
         if candidate == etag or candidate == "W/" .. etag or candidate == "*" then

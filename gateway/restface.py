@@ -427,13 +427,19 @@ def lua_source(descriptor_path: Path = DEFAULT_DESCRIPTOR) -> str:
 _LUA_PLAIN: Final = frozenset(" _-./^$[]()|%+*?:{}#=,;@")
 
 
+def _lua_byte(b: int) -> str:
+    c = chr(b)
+    return c if c.isascii() and (c.isalnum() or c in _LUA_PLAIN) else f"\\{b:03d}"
+
+
 def _lua(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return '"' + "".join(c if c.isalnum() or c in _LUA_PLAIN else f"\\{ord(c):03d}" for c in value) + '"'
+        # Lua strings are bytes: each byte that is not plain ASCII is written as a three-digit decimal escape.
+        return '"' + "".join(_lua_byte(b) for b in value.encode()) + '"'
     if isinstance(value, list):
         return "{" + ", ".join(_lua(v) for v in value) + "}"
     if isinstance(value, dict):

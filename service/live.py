@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -149,17 +149,23 @@ class LiveServer:
             protocols=(BEARER_PROTOCOL,), max_msg_size=MAX_CLIENT_MESSAGE_BYTES, timeout=CLOSE_TIMEOUT_SECONDS
         )
         try:
+            # Before aiohttp looks at the offer: when no subprotocol is "bearer" it logs every one offered, and
+            # one of them may be a token.
+            _subprotocol_token(request)
             if not ws.can_prepare(request).ok:
                 raise InvalidArgument("this path serves a WebSocket: send a GET with 'Upgrade: websocket'")
             self._check_origin(request)
-            async with self._admitted(request, websocket=True) as principal:
+            async with contextlib.AsyncExitStack() as admission:
+                principal = await admission.enter_async_context(self._admitted(request, websocket=True))
                 session_id, after = _watch_arguments(request, sse=False)
                 if after is None:
                     # Live events only: the session's current position, whether it runs or has ended.
                     after = (await self._engine.status(session_id, principal.tenant)).last_sequence
                 events = await self._engine.watch(session_id, after, principal.tenant)
                 await ws.prepare(request)
-                await self._converse(ws, events)
+                # The stream slot is given back once the session's events end (the socket stays open for the
+                # client's pings): an open socket on a finished session must not count against the tenant.
+                await self._converse(ws, events, events_ended=admission.aclose)
                 return ws
         except OrchestratorError as exc:
             return ws if ws.prepared else _error_response(exc, rid)
@@ -172,7 +178,12 @@ class LiveServer:
             await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
             return ws
 
-    async def _converse(self, ws: web.WebSocketResponse, events: AsyncIterator[WorkflowEvent]) -> None:
+    async def _converse(
+        self,
+        ws: web.WebSocketResponse,
+        events: AsyncIterator[WorkflowEvent],
+        events_ended: Callable[[], Awaitable[None]],
+    ) -> None:
         self._sockets.add(ws)
         sending = asyncio.Lock()  # the pump and the pong share one socket
 
@@ -182,6 +193,7 @@ class LiveServer:
                     text = self._json(event)
                     async with sending:
                         await ws.send_str(text)
+                await events_ended()
             except (ConnectionError, asyncio.CancelledError):
                 raise
             except Exception:
@@ -308,8 +320,14 @@ def _sequence(field: str, value: str) -> int:
 def _subprotocol_token(request: web.Request) -> str | None:
     """The token a browser sends as the subprotocol after "bearer" (Sec-WebSocket-Protocol: bearer, <jwt>)."""
     offered = [p.strip() for header in request.headers.getall("Sec-WebSocket-Protocol", []) for p in header.split(",")]
-    if BEARER_PROTOCOL not in offered:
+    if not offered:
         return None
+    if BEARER_PROTOCOL not in offered:
+        # The only subprotocol this endpoint speaks; whatever else was offered is never echoed or logged.
+        raise Unauthenticated(
+            "the only WebSocket subprotocol is 'bearer', followed by the token: protocols ['bearer', '<JWT>']",
+            "TOKEN_MALFORMED",
+        )
     position = offered.index(BEARER_PROTOCOL) + 1
     if position >= len(offered) or not offered[position]:
         raise Unauthenticated(

@@ -62,6 +62,8 @@ async def test_two_sidecars_on_port_zero_and_json_503_without_upstream(metrics_p
             # The gRPC service is down: Envoy's own 503, as the guide's JSON error.
             assert down.status_code == 503
             assert down.json()["error"] == "UNAVAILABLE"
+            # Envoy's own text names hosts and TLS failures: clients get a fixed message, the access log the rest.
+            assert down.json()["detail"] == "the service is unavailable; retry shortly"
             assert metrics.status_code == 200
         pids = [first.pid, second.pid]
     for pid in pids:

@@ -639,3 +639,33 @@ async def test_a_browser_event_source_resumes_instead_of_replaying(live: Live, c
     logged = [json.loads(line) for line in envoy_log.read_text().splitlines() if line.startswith("{")]
     watches = [(w["method"], w["status"]) for w in logged if w.get("path") == f"/workflow-events/{session_id}"]
     assert watches == [("GET", 200), ("GET", 204)], watches
+
+
+async def test_an_offer_without_the_bearer_subprotocol_is_refused_and_never_logged(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await live.start(auth=True)
+    token = hs256(tenant="tenant-a")
+    session_id = await live.submit(token)
+    # A client that sends the token as the only subprotocol, or under another name: aiohttp would log the offer.
+    for offer in (token, f"Bearer, {token}", f"access_token, {token}"):
+        refused = await handshake(live, f"/ws/{session_id}", {"sec-websocket-protocol": offer})
+        assert_error(refused, 401, "TOKEN_MALFORMED")
+    assert token.rsplit(".", 1)[1] not in caplog.text
+
+
+async def test_a_socket_whose_session_ended_gives_its_stream_slot_back(
+    live: Live, session: aiohttp.ClientSession
+) -> None:
+    await live.start(auth=True, max_watch_streams_per_tenant=1)
+    token = hs256(tenant="tenant-a")
+    session_id, stored = await live.finished(token)
+    async with session.ws_connect(live.ws_url(session_id, "?after_sequence=0"), protocols=("bearer", token)) as ws:
+        assert sequences(await events_until_terminal(ws)) == sequences(stored)
+        # Still open for the guide's pings, but no longer a watch: another stream of the tenant is admitted.
+        await ws.send_str("ping")
+        assert await receive(ws) == "pong"
+        async with live.http() as http:
+            again = await ndjson(http, f"/workflow-events/{session_id}?after_sequence=0", headers=bearer(token))
+        assert sequences(again) == sequences(stored)

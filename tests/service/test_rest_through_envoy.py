@@ -337,3 +337,36 @@ async def test_the_envoy_face_and_the_python_face_agree(http: httpx.AsyncClient,
         )
         expected = restface.to_rest(message.DESCRIPTOR.full_name, proto_json)
         assert (await http.get(path)).json() == expected, path
+
+
+async def test_trailing_slashes_and_grpc_web_content_types_get_the_rest_face_too(http: httpx.AsyncClient) -> None:
+    # The transcoder ignores a trailing slash and serves application/grpc-web bodies as JSON: the REST face must
+    # not be skipped by either.
+    body = {"requirements": "r", "workflow_type": "full", "priority": "PRIORITY_HIGH"}
+    response = await http.post("/execute-workflow/", json=body)
+    assert response.status_code == 422, response.text
+    submitted = await execute(http)
+    for headers in ({}, {"content-type": "application/grpc-web+json"}):
+        status = await http.get(f"/workflow-status/{submitted['session_id']}/", headers=headers)
+        assert status.status_code == 200, status.text
+        assert status.json()["status"] in {"queued", "running", "completed"} and "state" not in status.json()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"requirements": "r", "workflow_type": "full", "configuration": {"n": 1e400}}',
+        '{"requirements": "\\ud800", "workflow_type": "full"}',
+        '{"requirements": "\\udc00x", "workflow_type": "full"}',
+    ],
+    ids=["infinite number", "lone high surrogate", "lone low surrogate"],
+)
+async def test_json_protobuf_cannot_hold_is_refused_not_altered(http: httpx.AsyncClient, content: str) -> None:
+    response = await http.post("/execute-workflow", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert [p["type"] for p in response.json()["detail"]] == ["json_invalid"]
+
+
+async def test_workflow_types_are_cacheable_only_privately(http: httpx.AsyncClient) -> None:
+    # An answer to an authenticated request: a shared cache must not hand it to others (RFC 9111, 3.5).
+    assert (await http.get("/workflow-types")).headers["cache-control"].startswith("private, max-age=")
