@@ -247,7 +247,10 @@ def _access_log() -> JsonDict:
                 "json_format": {
                     "time": "%START_TIME%",
                     "method": "%REQ(:METHOD)%",
-                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    # The path as the client sent it, without its query: a client that puts a token in the query
+                    # string must not see it land in a log. (NQ: no query; ORIG_OR_PATH: as sent, before the
+                    # transcoder rewrote it.)
+                    "path": "%PATH(NQ:ORIG_OR_PATH)%",
                     "status": "%RESPONSE_CODE%",
                     "grpc_status": "%GRPC_STATUS(NUMBER)%",
                     "details": "%RESPONSE_CODE_DETAILS%",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -481,8 +482,12 @@ def _decode_token(token: str) -> tuple[float, str]:
         created, session_id = json.loads(raw)
         if not isinstance(session_id, str) or not isinstance(created, int | float):
             raise ValueError
-        return float(created), session_id
-    except (ValueError, TypeError, json.JSONDecodeError):
+        moment = float(created)  # OverflowError for an integer past float's range
+        if not math.isfinite(moment):
+            raise ValueError
+        return moment, session_id
+    # Whatever a client puts in the token, it is its mistake: never an INTERNAL error with a traceback.
+    except (ValueError, TypeError, OverflowError, RecursionError, json.JSONDecodeError):
         raise InvalidArgument.field("page_token", "is not a token this server issued") from None
 
 

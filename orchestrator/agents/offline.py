@@ -465,6 +465,16 @@ def _python_findings(path: str, content: str) -> list[dict[str, str]]:
         tree = ast.parse(content, filename=path)
     except SyntaxError as exc:
         return [{"severity": "critical", "path": path, "message": f"syntax error at line {exc.lineno}: {exc.msg}"}]
+    except (MemoryError, RecursionError):
+        # CPython's parser gives up on deep nesting (thousands of unary operators or attribute accesses) this
+        # way; the file is unreviewable, which is a finding, not a failure of the review.
+        return [
+            {
+                "severity": "critical",
+                "path": path,
+                "message": "the Python parser cannot build this file (nesting too deep); it cannot run either",
+            }
+        ]
     if not ast.get_docstring(tree) and content.strip():
         findings.append({"severity": "minor", "path": path, "message": "no module docstring"})
     for node in ast.walk(tree):
