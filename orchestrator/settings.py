@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 picks one.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the /metrics and docs HTTP server binds to. Loopback by default, whatever `host` is: "
+        "Prometheus scrapes through Envoy's /metrics (a sidecar shares the pod's loopback); set it only when "
+        "Envoy runs on another host.",
+    )
     http_port: int = Field(8080, ge=0, le=65535, description="REST port served by the Envoy sidecar.")
     live_port: int = Field(
         0,

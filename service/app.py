@@ -64,7 +64,7 @@ class App:
         self.live_port = self._live.port
         token = settings.auth.metrics_token
         self._metrics_server = MetricsServer(
-            self.registry, settings.host, settings.metrics_port, token.get_secret_value() if token else None
+            self.registry, settings.metrics_host, settings.metrics_port, token.get_secret_value() if token else None
         )
         self._metrics_server.start()
         self.metrics_port = self._metrics_server.port
@@ -94,7 +94,8 @@ class App:
             admin_port=settings.envoy_admin_port,
             grpc_host=settings.host,
             grpc_port=self.grpc_port,
-            metrics_host=settings.host,
+            # A wildcard bind is reached on loopback; any other address as it is.
+            metrics_host="127.0.0.1" if settings.metrics_host in ("0.0.0.0", "::") else settings.metrics_host,
             metrics_port=self.metrics_port,
             live_host=settings.host,
             live_port=self.live_port,

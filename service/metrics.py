@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
 
 import grpc
 from prometheus_client import (
@@ -283,15 +284,59 @@ class _QueuedCollector(Collector):
         yield family
 
 
+# A connection that sends nothing for this long is closed: an idle one must not pin a thread forever.
+METRICS_IDLE_TIMEOUT_SECONDS: Final = 10.0
+# At most this many connections are served at once (one thread each); more are closed at once. A scrape every
+# few seconds and a docs reader need a handful.
+METRICS_MAX_CONNECTIONS: Final = 32
+
+
+class _BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a ceiling on threads: past `max_connections`, new connections are closed."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsServer:
     """Serves GET /metrics and the API docs (/openapi.json, /docs, /redoc; service/docs.py) over plain HTTP on
-    its own thread."""
+    its own threads, bounded in number and in how long an idle connection may stay."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int, token: str | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        token: str | None = None,
+        *,
+        idle_timeout: float = METRICS_IDLE_TIMEOUT_SECONDS,
+        max_connections: int = METRICS_MAX_CONNECTIONS,
+    ) -> None:
         registry_ref = registry
         expected = f"Bearer {token}".encode() if token else None
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout  # socketserver applies it to each connection's socket
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path != "/metrics":
@@ -328,8 +373,7 @@ class MetricsServer:
                 pass  # scrapes every few seconds would drown the log
 
         check_port_free("metrics", host, port, "--metrics-port")  # else a bare "Address already in use"
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedThreadingHTTPServer((host, port), Handler, max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 
     @property
