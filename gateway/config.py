@@ -30,6 +30,9 @@ METRICS_CLUSTER: Final = "orchestrator_metrics"
 # The service's live endpoint (service/live.py, HTTP/1.1): the guide's WebSocket and the REST watch (WatchWorkflow's
 # REST paths: NDJSON, or Server-Sent Events with `id:` lines for a request that accepts text/event-stream).
 LIVE_CLUSTER: Final = "orchestrator_live"
+# The grpc.health.v1 name the sidecar checks its upstream with (service/server.py's LIVENESS; gateway/ does not
+# import the service).
+UPSTREAM_HEALTH_NAME: Final = "liveness"
 WATCH_PATH_REGEX: Final = r"^(/api/v1)?/workflow-events/[^/]+$"
 WEBSOCKET_PATH_REGEX: Final = r"^(/api/v1)?/ws/[^/]+$"
 
@@ -104,6 +107,10 @@ class GatewayOptions:
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     cors_allowed_origins: tuple[str, ...] = ()
     max_request_bytes: int = MiB
+    # The whole request, headers and body: a body that trickles in forever gets 408 instead of holding a
+    # connection. Envoy disarms it once the request is complete or the response starts, so watch streams and
+    # WebSockets (101 is a response) are not cut.
+    request_timeout_seconds: float = 60.0
     max_response_bytes: int = 16 * MiB
     # TLS to the gRPC service: on when upstream_ca_file is set (Envoy verifies the service's certificate with it
     # and expects upstream_server_name in its subjectAltName); a client certificate too for mutual TLS. Absolute
@@ -125,6 +132,8 @@ class GatewayOptions:
         if not _check_ip("admin_host", self.admin_host).is_loopback:
             # The admin endpoint can stop Envoy and dump its config: it must never leave the host.
             raise ValueError(f"admin_host must be a loopback address, not {self.admin_host!r}")
+        if not 0 < self.request_timeout_seconds <= 3600:
+            raise ValueError("request_timeout_seconds must be in (0, 3600]")
         for name in ("max_request_bytes", "max_response_bytes"):
             if not 0 < getattr(self, name) < 2**32:
                 raise ValueError(f"{name} must be in 1..4294967295")
@@ -221,6 +230,7 @@ def _listener(options: GatewayOptions, descriptor: str) -> JsonDict:
         # allowed names need no port and a Host with another port is not taken for them.
         "strip_matching_host_port": True,
         "request_headers_timeout": "10s",
+        "request_timeout": _duration(options.request_timeout_seconds),
         "access_log": [_access_log()],
         "local_reply_config": _local_reply_config(),
         "route_config": _route_config(options, descriptor),
@@ -629,7 +639,11 @@ def _grpc_cluster(options: GatewayOptions) -> JsonDict:
             "unhealthy_interval": "1s",
             "unhealthy_threshold": 2,
             "healthy_threshold": 1,
-            "grpc_health_check": {"service_name": ""},
+            # The service's "liveness" name (service/server.py): NOT_SERVING only from the start of a shutdown.
+            # "" also goes NOT_SERVING while the database is out; checked here, Envoy would then answer every REST
+            # call itself ("no healthy upstream"), and clients would lose the service's own UNAVAILABLE with its
+            # reason and retry delay, and GET /health its report. Readiness probes read "" and /health instead.
+            "grpc_health_check": {"service_name": UPSTREAM_HEALTH_NAME},
         }
     ]
     # Without this, Envoy "panics" and sends traffic to its only host even when that host is unhealthy.
@@ -693,6 +707,10 @@ def _cluster(name: str, host: str, port: int) -> JsonDict:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
         },
     }
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
 
 
 def _socket_address(host: str, port: int) -> JsonDict:

@@ -295,6 +295,13 @@ class Settings(BaseSettings):
     write_rate_per_second: float = Field(
         2.0, gt=0, description="Submits and cancels per second per tenant (token bucket refill)."
     )
+    request_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How long Envoy waits for a whole REST request (headers and body) before answering 408: an "
+        "upload that trickles forever must not hold a connection. Streams are not cut: it ends with the request.",
+    )
     write_burst: int = Field(20, ge=1, description="Submits and cancels a tenant may make at once.")
     read_rate_per_second: float = Field(
         50.0, gt=0, description="Status, watch and list calls per second per tenant (token bucket refill)."

@@ -116,6 +116,7 @@ class App:
     async def stop(self, grace: float = 10.0) -> None:
         """NOT_SERVING first so balancers stop sending, then drain in-flight calls, then stop the engine.
         Running workflows are not finished here: they resume when a replica with this id starts again."""
+            request_timeout_seconds=settings.request_timeout_seconds,
         if self._health is not None:
             await set_serving(self._health, False)
         if self.engine is not None:

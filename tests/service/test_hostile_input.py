@@ -3,12 +3,14 @@ the real Envoy where the path goes through it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import httpx
 import pytest
@@ -127,3 +129,47 @@ def _length(reply: bytes) -> int:
         if line.startswith("content-length:"):
             return int(line.split(":", 1)[1])
     return 0
+
+
+async def test_an_upload_that_trickles_forever_is_cut_with_a_408(tmp_path: Path) -> None:
+    application = App(make_settings(tmp_path / "data", envoy=True, request_timeout_seconds=2.0))
+    await application.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        reader, writer = await asyncio.open_connection("127.0.0.1", application.http_port)
+        writer.write(
+            b"POST /execute-workflow HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000\r\n\r\n{"
+        )
+        await writer.drain()
+
+        async def trickle() -> None:
+            while True:  # a byte a second, forever: never idle, never done
+                await asyncio.sleep(0.5)
+                writer.write(b" ")
+                await writer.drain()
+
+        dripping = asyncio.create_task(trickle())
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        finally:
+            dripping.cancel()
+            writer.close()
+        assert head.split(b" ")[1] == b"408", head
+        assert b"content-type: application/json" in head.lower()
+        assert asyncio.get_running_loop().time() - started < 15
+        # A WebSocket is not a slow request: once upgraded it outlives the timeout.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{application.http_port}", timeout=20) as http:
+            submitted = await http.post("/execute-workflow", json={"requirements": "r", "workflow_type": "design"})
+        session = submitted.json()["session_id"]
+        url = f"ws://127.0.0.1:{application.http_port}/ws/{session}"
+        async with aiohttp.ClientSession() as client, client.ws_connect(url) as ws:
+            await asyncio.sleep(3.0)  # past the 2 s request timeout
+            await ws.send_str("ping")
+            texts = []
+            while "pong" not in texts:  # the session's live events may come first
+                message = await asyncio.wait_for(ws.receive(), 10)
+                assert message.type is aiohttp.WSMsgType.TEXT, message
+                texts.append(message.data)
+    finally:
+        await application.stop(grace=0.5)
