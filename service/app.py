@@ -103,6 +103,7 @@ class App:
             cors_allowed_origins=settings.cors_allowed_origins,
             # One limit for both doors: REST bodies at Envoy, gRPC messages at the server.
             max_request_bytes=settings.max_request_bytes,
+            request_timeout_seconds=settings.request_timeout_seconds,
             upstream_ca_file=_absolute(tls.ca_file),
             upstream_cert_file=_absolute(tls.envoy_cert_file),
             upstream_key_file=_absolute(tls.envoy_key_file),
@@ -116,7 +117,6 @@ class App:
     async def stop(self, grace: float = 10.0) -> None:
         """NOT_SERVING first so balancers stop sending, then drain in-flight calls, then stop the engine.
         Running workflows are not finished here: they resume when a replica with this id starts again."""
-            request_timeout_seconds=settings.request_timeout_seconds,
         if self._health is not None:
             await set_serving(self._health, False)
         if self.engine is not None:

@@ -111,7 +111,12 @@ def _methods(*services: ServiceDescriptor) -> list[tuple[str, str, str]]:
     ]
 
 
+# grpc.health.v1 names. "" (the server) and the service say whether this replica can serve calls now; LIVENESS
+# says only that the process runs and is not shutting down. The Envoy sidecar's upstream check reads LIVENESS.
+LIVENESS = "liveness"
+
+
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, LIVENESS):
         await health_servicer.set(name, status)
