@@ -726,6 +726,12 @@ function envoy_on_response(handle)
     return
   end
   local response = to_rest(RULES.response_of[rpc], parsed)
+  local unhealthy = RULES.unhealthy
+  if rpc == unhealthy.rpc and type(parsed) == "table" and parsed[unhealthy.field] == unhealthy.value then
+    -- The report stays the body; probes and balancers read the status (gateway/restface.py, UNHEALTHY).
+    headers:replace(":status", unhealthy.status)
+    headers:replace("cache-control", "no-store")
+  end
   if rpc == "ListWorkflowTypes" then
     local etag = headers:get("etag")
     -- private: the reply answers an authenticated request, which a shared cache must not hand to others.

@@ -35,6 +35,17 @@ _REQUIRED: Final = 2  # google.api.FieldBehavior.REQUIRED
 # ETag catches that. The guide's cache keeps it 300 s.
 TYPES_MAX_AGE_SECONDS: Final = 300
 
+# GET /health answers 503 while the service reports NOT_SERVING, with the HealthResponse still in the body:
+# Kubernetes' HTTP probes and load balancers read the status code, people read the report. Over gRPC the Health
+# RPC returns OK (the report is its answer, and grpc.health.v1 is the gRPC probe), so this rule is the REST face's
+# own: when the proto JSON of `rpc`'s response has `value` in `field`, the HTTP status is `status`.
+UNHEALTHY: Final[dict[str, Any]] = {
+    "rpc": "Health",
+    "field": "status",
+    "value": "SERVING_STATUS_NOT_SERVING",
+    "status": 503,
+}
+
 # The Lua filter's dynamic metadata namespace; `own_reply` is set on a request it answered itself, so that
 # local_reply_config leaves that answer alone.
 METADATA_NAMESPACE: Final = "orchestrator.restface"
@@ -419,6 +430,7 @@ def lua_source(descriptor_path: Path = DEFAULT_DESCRIPTOR) -> str:
         "response_of": rules.response_of,
         "http_errors": {str(k): v for k, v in HTTP_ERRORS.items()},
         "types_max_age": str(TYPES_MAX_AGE_SECONDS),
+        "unhealthy": {**UNHEALTHY, "status": str(UNHEALTHY["status"])},
         "metadata_namespace": METADATA_NAMESPACE,
     }
     return f"local RULES = {_lua(table)}\n\n{LUA_FILE.read_text()}"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,16 +23,20 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig, SetEnqueueOptions, SetWorkflowID
 
-from orchestrator import logcontext
+from orchestrator import dbfaults, fencing, logcontext, repair, retry
 from orchestrator.agents import Budget, PhaseFailed, PhaseRequest, PhaseResult
 from orchestrator.agents.errors import BudgetExceeded
+from orchestrator.agents.metering import PhaseUsage
 from orchestrator.cache import LruCache
 from orchestrator.definitions import Catalog, WorkflowDefinition, configuration_size_problems
 from orchestrator.errors import (
     InvalidArgument,
     InvalidStateTransition,
     OrchestratorError,
+    ResourceExhausted,
+    ServerShuttingDown,
     SessionNotFound,
+    StoreUnavailable,
     Unavailable,
 )
 from orchestrator.events import EventHub
@@ -65,7 +70,11 @@ logger = logging.getLogger(__name__)
 
 QUEUE_NAME = "orchestrator-workflows"
 HEALTH_TTL_SECONDS = 2.0
+WRITE_PROBE_TIMEOUT_SECONDS = 3.0
+# Below this a phase's result (tens of KiB to a few MiB of events and step output) may not fit: the disk is full.
+LOW_DISK_BYTES = 1024 * 1024
 ORPHAN_CHECK_SECONDS = 60.0
+REPAIR_PAGE = 500
 VERSION = "0.1.0"
 T = TypeVar("T")
 
@@ -91,6 +100,12 @@ class EngineObserver(Protocol):
 
     def phase_finished(self, workflow_type: str, phase: str, outcome: str, seconds: float) -> None: ...
 
+    def phase_reexecuted(self, workflow_type: str, phase: str) -> None:
+        """A phase whose model call had started before (a crash, a takeover) starts again: it costs twice."""
+
+    def replica_taken_over(self) -> None:
+        """Another replica declared this one dead and took its running workflows over (it was paused or cut off)."""
+
 
 class _NullObserver:
     def workflow_submitted(self, workflow_type: str) -> None:
@@ -103,6 +118,12 @@ class _NullObserver:
         pass
 
     def phase_finished(self, workflow_type: str, phase: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def phase_reexecuted(self, workflow_type: str, phase: str) -> None:
+        pass
+
+    def replica_taken_over(self) -> None:
         pass
 
 
@@ -126,8 +147,8 @@ async def run_workflow(session_id: str) -> str:
     return await _engine()._run_workflow(session_id)
 
 
-async def _phase_step(session_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-    return await _engine()._run_phase(session_id, payload)
+async def _phase_step(session_id: str, payload: dict[str, Any], resumed: bool = False) -> dict[str, Any]:
+    return await _engine()._run_phase(session_id, payload, resumed)
 
 
 def _no_retry(exc: BaseException) -> bool:
@@ -146,7 +167,7 @@ class Engine:
         self.catalog = catalog
         self.runner = runner
         self.observer: EngineObserver = observer or _NullObserver()
-        self.store = Store(settings.store_url())
+        self.store = Store(settings.store_url(), busy_timeout_seconds=settings.sqlite_busy_timeout_seconds)
         self.hub = EventHub()
         self._accepting = False
         self._started_at = time.time()
@@ -157,6 +178,7 @@ class Engine:
         self._durations: dict[str, tuple[float, float | None]] = {}
         self._health: tuple[float, HealthReport] | None = None
         self._stopping = False
+        self._watches_ended = False
         self._orphans_checked = time.monotonic()
         self._health_lock = asyncio.Lock()
         # A finished workflow's status never changes again, so reads of it skip the database (bounded in size,
@@ -166,6 +188,21 @@ class Engine:
         # writer at a time anyway, so its writes queue here instead of spinning on the database lock.
         self._reads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-read")
         self._writes = ThreadPoolExecutor(max_workers=1 if settings.is_sqlite else 8, thread_name_prefix="store-write")
+        # The health check's write probe: one thread, so a probe stuck on an unreachable database never piles up.
+        self._probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-probe")
+        self._probe: asyncio.Future[None] | None = None
+        self.membership = fencing.Membership(
+            self.store,
+            settings.replica_id,
+            heartbeat_seconds=settings.replica_heartbeat_seconds,
+            dead_after_seconds=settings.replica_dead_after_seconds,
+            shared=not settings.is_sqlite,
+            read=self._read,
+            write=self._write,
+            owner_of=self._workflow_owner,
+            on_taken_over=self._taken_over,
+        )
+        self._claims: dict[str, fencing.Claim] = {}  # session -> the claim its body here runs under
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reads, functools.partial(fn, *args))
@@ -185,8 +222,9 @@ class Engine:
         await self._write(self.store.create_schema)
         _current = self
         # Before DBOS launches (and may take work at once): a replica killed in its first seconds must already be
-        # on the list, or nobody would ever recover its work.
-        await self._write(self.store.heartbeat, self.settings.replica_id, self._started_at)
+        # on the list, or nobody would ever recover its work. A new incarnation: a paused predecessor with this id
+        # finds itself taken over when it wakes.
+        await self.membership.register()
         config: DBOSConfig = {
             "name": "orchestrator",
             "system_database_url": self.settings.dbos_url(),
@@ -196,8 +234,11 @@ class Engine:
             "log_level": "WARNING",
         }
         if self.settings.is_sqlite:
-            config["system_database_engine"] = _dbos_sqlite_engine(self.settings.dbos_url())
+            config["system_database_engine"] = _dbos_sqlite_engine(
+                self.settings.dbos_url(), self.settings.sqlite_busy_timeout_seconds
+            )
         try:
+            retry.wait_out_full_sqlite_disk_in_dbos()
             DBOS(config=config)
             # launch() recovers this replica's pending workflows; it must run before traffic is taken.
             DBOS.launch()
@@ -221,6 +262,7 @@ class Engine:
             asyncio.create_task(self._loop(self.settings.replica_heartbeat_seconds, self._heartbeat_duty)),
             asyncio.create_task(self._loop(self.settings.replica_heartbeat_seconds, self._recovery_duty)),
             asyncio.create_task(self._loop(self.settings.purge_interval_seconds, self._purge)),
+            asyncio.create_task(self._loop(self.settings.repair_interval_seconds, self._repair_duty), name="repair"),
         ]
         self._accepting = True
         logger.info("engine started: replica %s, database %s", self.settings.replica_id, _safe_url(self.settings))
@@ -228,6 +270,13 @@ class Engine:
     def stop_accepting(self) -> None:
         """New submissions get UNAVAILABLE from now on; reads and watches keep working while calls drain."""
         self._accepting = False
+
+    def end_watches(self) -> None:
+        """Ends every watch on this replica with ServerShuttingDown, and refuses new ones. A watch can last as
+        long as its workflow: a graceful shutdown says in-band that it ended it, so the client resumes elsewhere
+        or after the restart, instead of waiting for it or cutting it mid-stream."""
+        self._watches_ended = True
+        self.hub.nudge_all()
 
     async def stop(self) -> None:
         global _current
@@ -252,21 +301,29 @@ class Engine:
         self.store.dispose()
         self._reads.shutdown(wait=False)
         self._writes.shutdown(wait=False)
+        self._probes.shutdown(wait=False)
         _current = None
         logger.info("engine stopped")
 
     async def _loop(self, interval: float, duty: Callable[[], Any]) -> None:
+        warned = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
                 await duty()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("background duty %s failed; retrying in %.1fs", duty.__name__, interval)
+            except Exception as exc:
+                outage = dbfaults.classify(exc)
+                if outage is None:
+                    logger.exception("background duty %s failed; retrying in %.1fs", duty.__name__, interval)
+                elif time.monotonic() - warned > 10:  # expected while the database is down: a line now and then
+                    warned = time.monotonic()
+                    logger.warning("background duty %s waits for the database: %s", duty.__name__, outage.message)
 
     # Commands -----------------------------------------------------------------------------------------------
 
+    @dbfaults.typed
     async def submit(self, request: SubmitRequest) -> SubmitResult:
         if not self._accepting:
             raise Unavailable("the server is not accepting workflows right now (starting or shutting down)")
@@ -308,11 +365,15 @@ class Engine:
             status=status,
         )
         first = EventDraft("queued", EventType.WORKFLOW_QUEUED, message=f"queued; model: {model}")
-        status, created = await self._write(
-            functools.partial(self.store.create_session, max_active=self.settings.max_active_workflows_per_tenant),
-            new,
-            first,
-        )
+        create = functools.partial(self.store.create_session, max_active=self.settings.max_active_workflows_per_tenant)
+        try:
+            status, created = await self._write(create, new, first)
+        except ResourceExhausted as exc:
+            # The cap counts queued and running sessions; one whose workflow ended without a terminal event is
+            # neither, so it is finished now and the submission tried once more.
+            if exc.code != "TOO_MANY_ACTIVE_WORKFLOWS" or not await self.repair_stranded(tenant=request.tenant):
+                raise
+            status, created = await self._write(create, new, first)
         if created:
             # The stored first event, recomputed (the fold is pure) so local watchers' history starts complete.
             self.hub.publish(apply(new.status, first, 1, new.status.created_at)[1])
@@ -355,6 +416,7 @@ class Engine:
         ):
             await DBOS.enqueue_workflow_async(QUEUE_NAME, run_workflow, session_id)
 
+    @dbfaults.typed
     async def cancel(self, session_id: str, reason: str = "", tenant: str = "") -> WorkflowStatus:
         status = await self.status(session_id, tenant)
         if status.state.terminal:
@@ -382,6 +444,7 @@ class Engine:
 
     # Queries ------------------------------------------------------------------------------------------------
 
+    @dbfaults.typed
     async def status(self, session_id: str, tenant: str = "") -> WorkflowStatus:
         status = self._finished.get(session_id)
         if status is None:
@@ -392,6 +455,7 @@ class Engine:
             raise SessionNotFound(session_id)
         return status
 
+    @dbfaults.typed
     async def list_workflows(self, query: ListQuery) -> WorkflowPage:
         if query.workflow_type:
             self.catalog.get(query.workflow_type)
@@ -413,14 +477,7 @@ class Engine:
             return self._health[1]
 
     async def _check_health(self) -> HealthReport:
-        deps = []
-        try:
-            await asyncio.wait_for(self._read(self.store.ping), timeout=2)
-            # The kind only: a public endpoint does not name hosts, users or paths.
-            kind = "SQLite" if self.settings.is_sqlite else "PostgreSQL"
-            deps.append(DependencyHealth(name="database", status=ServingStatus.SERVING, message=f"{kind} reachable"))
-        except Exception as exc:
-            deps.append(DependencyHealth(name="database", status=ServingStatus.NOT_SERVING, message=type(exc).__name__))
+        deps = [await self._database_health()]
         engine_ok = self._accepting and _current is self
         deps.append(
             DependencyHealth(
@@ -452,6 +509,35 @@ class Engine:
             time=datetime.now(UTC),
         )
 
+    async def _database_health(self) -> DependencyHealth:
+        """Whether the database takes writes, not only reads (a full disk or a read-only standby still answers a
+        SELECT): a tiny write transaction, at most one per health report, so as cached as the report is. On SQLite
+        also the free space of its disk, since a tiny write can still fit in pages SQLite already has."""
+        kind = "SQLite" if self.settings.is_sqlite else "PostgreSQL"  # the kind only: health is public
+        if self._probe is None or self._probe.done():
+            probe = asyncio.get_running_loop().run_in_executor(
+                self._probes, self.store.write_probe, self.settings.replica_id
+            )
+            # A probe that outlives its report is still awaited by nobody: take its outcome, so none is "never
+            # retrieved".
+            probe.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._probe = probe
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), timeout=WRITE_PROBE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            message = f"{kind} did not take a write within {WRITE_PROBE_TIMEOUT_SECONDS:g}s"
+            return DependencyHealth(name="database", status=ServingStatus.NOT_SERVING, message=message)
+        except Exception as exc:
+            outage = dbfaults.classify(exc)
+            message = f"{kind} cannot take writes: {outage.message if outage else type(exc).__name__}"
+            return DependencyHealth(name="database", status=ServingStatus.NOT_SERVING, message=message)
+        if self.settings.is_sqlite:
+            free = shutil.disk_usage(self.settings.data_dir).free
+            if free < LOW_DISK_BYTES:
+                message = f"SQLite cannot take writes: its disk is full ({free // 1024} KiB free)"
+                return DependencyHealth(name="database", status=ServingStatus.NOT_SERVING, message=message)
+        return DependencyHealth(name="database", status=ServingStatus.SERVING, message=f"{kind} takes writes")
+
     def running_count(self) -> int:
         """Workflows whose body runs on this replica now."""
         return len(self._local)
@@ -463,6 +549,7 @@ class Engine:
             return {}
         return self.store.queued_counts()
 
+    @dbfaults.typed
     async def watch(self, session_id: str, after_sequence: int = 0, tenant: str = "") -> AsyncIterator[WorkflowEvent]:
         """Stored events after `after_sequence`, then live ones, with heartbeats while idle; ends after the
         terminal event. Subscribes before reading the store, then drops what it already sent: no gap, no
@@ -478,7 +565,10 @@ class Engine:
             )
         if status.state.terminal and after_sequence == status.last_sequence:
             return _no_events()  # it has ended, and the client has seen its terminal event
-        return self._follow(status, after_sequence)
+        if self._watches_ended:
+            raise ServerShuttingDown("this replica is shutting down; watch on another replica or after the restart")
+        # Database outages while following are typed too: the watch says in-band why it ended.
+        return dbfaults.typed_events(self._follow(status, after_sequence))
 
     async def _follow(self, status: WorkflowStatus, after: int) -> AsyncIterator[WorkflowEvent]:
         session_id = status.session_id
@@ -489,6 +579,8 @@ class Engine:
             if pending is None:
                 pending = await self._read(self.store.events_after, session_id, last)
             while True:
+                if self._watches_ended:
+                    raise ServerShuttingDown(f"this replica is shutting down; resume the watch after sequence {last}")
                 for event in pending:
                     if event.sequence <= last:
                         continue
@@ -546,7 +638,7 @@ class Engine:
     # The workflow itself --------------------------------------------------------------------------------------
 
     async def _run_workflow(self, session_id: str) -> str:
-        request = await self._read(self.store.request, session_id)
+        request = await self._durably("reading the workflow's request", self._reads, self.store.request, session_id)
         if request is None:
             logger.warning("workflow %s has no session (purged?); nothing to run", session_id)
             return "missing"
@@ -556,11 +648,16 @@ class Engine:
         # its phases, the agents' included, and no other workflow's.
         logcontext.session_id.set(session_id)
         logcontext.request_id.set("")
+        # The durable engine's ownership token of this execution: checked before each phase and model call.
+        claim = self._claims[session_id] = self.membership.claim(session_id, _owner_token(session_id))
+        fencing.bind(claim)
         self._local[session_id] = task
         try:
             return await self._run_phases(session_id, request)
         finally:
             self._local.pop(session_id, None)
+            if self._claims.get(session_id) is claim:
+                del self._claims[session_id]
             # Watchers stop waiting for pushes: whatever else happens to this session is written elsewhere.
             self.hub.nudge(session_id)
             self.hub.forget(session_id)
@@ -592,10 +689,19 @@ class Engine:
                 )
                 continue
             start = EventDraft(f"phase:{phase.name}:started", EventType.PHASE_STARTED, phase=phase.name)
-            status = await self._emit_many(session_id, [*pending, start])
+            claim = fencing.current()
+            if claim is not None:
+                await claim.verify()  # never start a phase of a workflow another replica has taken over
+            written, status = await self._emit_events(session_id, [*pending, start])
             pending = []
             if status is None or status.state.terminal:
                 return "interrupted"
+            # Started before and not finished: this body replays after a crash or a takeover, and the phase runs
+            # again, unless its result was saved just before the crash (then the step returns that).
+            resumed = not any(e.type is EventType.PHASE_STARTED and e.phase == phase.name for e in written)
+            if resumed and phase.name not in status.phases_completed:
+                self.observer.phase_reexecuted(workflow_type, phase.name)
+                logger.warning("phase %s of %s runs again: it had started before", phase.name, session_id)
             payload = PhaseRequest(
                 session_id=session_id,
                 workflow_type=workflow_type,
@@ -621,12 +727,19 @@ class Engine:
                     _phase_step,
                     session_id,
                     payload,
+                    resumed,
                 )
             except PhaseCancelled:
                 return "cancelled"
             except Exception as exc:
                 if await self._is_cancelled(session_id):
                     return "cancelled"
+                outage = dbfaults.classify(exc)
+                if outage is not None:
+                    # DBOS could not read or record the step, even after waiting out what it can: the phase did not
+                    # fail, its record did. The workflow ends in error, and the repair pass fails it with this reason.
+                    message = f"the result of phase {phase.name} could not be recorded: {outage.message}"
+                    raise StoreUnavailable(message) from exc
                 reason = _phase_error(exc, phase.max_attempts, phase.timeout_seconds)
                 self.observer.phase_finished(workflow_type, phase.name, "failed", time.monotonic() - started)
                 failed_phase = EventDraft(
@@ -640,26 +753,11 @@ class Engine:
                 await self._emit_many(session_id, [failed_phase, failed])
                 return "failed"
             result = PhaseResult.model_validate(raw)
-            phase_usage = Usage(
-                input_tokens=result.usage.input_tokens,
-                output_tokens=result.usage.output_tokens,
-                requests=result.usage.requests,
-                cost_usd=result.usage.cost_usd,
-                models=[result.usage.model],
-            )
+            completed, phase_usage = _phase_completed(phase.name, result)
             usage = usage.plus(phase_usage)
             outputs[phase.name] = result.output
             self.observer.phase_finished(workflow_type, phase.name, "completed", time.monotonic() - started)
-            pending = [
-                EventDraft(
-                    f"phase:{phase.name}:completed",
-                    EventType.PHASE_COMPLETED,
-                    phase=phase.name,
-                    message=_phase_message(result.output),
-                    data=result.output,
-                    usage=phase_usage,
-                )
-            ]
+            pending = [completed]
             over = _over_budget(configuration, usage)
             if over:
                 await self._emit_many(session_id, [*pending, _failed(over, WorkflowErrorCode.BUDGET_EXCEEDED)])
@@ -670,8 +768,16 @@ class Engine:
         self._durations.pop(workflow_type, None)
         return "completed"
 
-    async def _run_phase(self, session_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def _run_phase(self, session_id: str, payload: dict[str, Any], resumed: bool = False) -> dict[str, Any]:
+        """The phase step: the model's work, saved with the phase's completion event in one transaction before
+        it returns, so a crash before the durable engine records the step loses nothing that cost money."""
         request = PhaseRequest.model_validate(payload)
+        if resumed and (saved := await self._saved_phase(session_id, request.phase)) is not None:
+            logger.info("phase %s of %s had finished and saved its result; not run again", request.phase, session_id)
+            return saved.model_dump(mode="json")
+        claim = fencing.current()
+        if claim is not None:
+            await claim.check()
         call = asyncio.ensure_future(self.runner.run(request))
         self._running[session_id] = call
         try:
@@ -684,7 +790,33 @@ class Engine:
         finally:
             self._running.pop(session_id, None)
             self._interrupted.discard(session_id)
+        completed, _ = _phase_completed(request.phase, result)
+        save = functools.partial(
+            self.store.append_many, session_id, [completed], phase_usage=(request.phase, result.usage.model_dump_json())
+        )
+
+        async def verified_save() -> tuple[list[WorkflowEvent], WorkflowStatus | None]:
+            # Before every attempt, also one after a database outage: a replica that was taken over meanwhile
+            # does not finish the phase.
+            if claim is not None:
+                await claim.verify()
+            return await asyncio.get_running_loop().run_in_executor(self._writes, save)
+
+        limit = self.settings.database_retry_limit_seconds
+        events, status = await retry.wait_out(verified_save, what="saving a phase's result", limit_seconds=limit)
+        self._published(events, status)
         return result.model_dump(mode="json")
+
+    async def _saved_phase(self, session_id: str, phase: str) -> PhaseResult | None:
+        """The result a finished phase saved with its completion event, or None."""
+        usage = await self._read(self.store.phase_usage, session_id, phase)
+        status = await self._read(self.store.status, session_id) if usage is not None else None
+        if usage is None or status is None or phase not in status.partial_results:
+            return None
+        return PhaseResult(output=status.partial_results[phase], usage=PhaseUsage.model_validate_json(usage))
+
+    async def _workflow_owner(self, session_id: str) -> str | None:
+        return await self._read(_stored_owner, session_id)
 
     async def _emit(
         self, session_id: str, draft: EventDraft, *, cancel: bool = False
@@ -695,9 +827,26 @@ class Engine:
         return (events[0] if events else None), status
 
     async def _emit_many(self, session_id: str, drafts: list[EventDraft]) -> WorkflowStatus | None:
-        events, status = await self._write(self.store.append_many, session_id, drafts)
+        """The workflow body's writes: a database outage is waited out, so it never ends a workflow early."""
+        return (await self._emit_events(session_id, drafts))[1]
+
+    async def _emit_events(
+        self, session_id: str, drafts: list[EventDraft]
+    ) -> tuple[list[WorkflowEvent], WorkflowStatus | None]:
+        """`_emit_many`, also returning the events it wrote (drafts already stored are not among them)."""
+        append = self.store.append_many
+        events, status = await self._durably(
+            "recording the workflow's progress", self._writes, append, session_id, drafts
+        )
         self._published(events, status)
-        return status
+        return events, status
+
+    async def _durably(self, what: str, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on `pool`, repeated while the database is unavailable, up to database_retry_limit_seconds
+        (orchestrator/retry.py). Only for the workflow body: a client's call gets UNAVAILABLE at once instead."""
+        loop, call = asyncio.get_running_loop(), functools.partial(fn, *args)
+        limit = self.settings.database_retry_limit_seconds
+        return await retry.wait_out(lambda: loop.run_in_executor(pool, call), what=what, limit_seconds=limit)
 
     def _published(self, events: list[WorkflowEvent], status: WorkflowStatus | None) -> None:
         """Pushes stored events to local watchers and tells the observer about starts and ends."""
@@ -711,7 +860,8 @@ class Engine:
                 self.observer.workflow_finished(status.workflow_type, event.state.value)
 
     async def _is_cancelled(self, session_id: str) -> bool:
-        return bool(await self._read(self.store.cancel_requested, [session_id]))
+        requested = self.store.cancel_requested
+        return bool(await self._durably("checking for a cancel", self._reads, requested, [session_id]))
 
     def _interrupt(self, session_id: str) -> None:
         call = self._running.get(session_id)
@@ -730,32 +880,89 @@ class Engine:
 
     async def _heartbeat_duty(self) -> None:
         """Its own task, so a slow recovery never delays it past replica_dead_after_seconds."""
-        alive = await self._write(self.store.heartbeat, self.settings.replica_id, self._started_at)
-        if not alive and self._local:
-            # Declared dead while alive (a stall longer than replica_dead_after_seconds): another replica has
-            # re-enqueued this one's workflows. Stop running them here so they do not run twice.
-            logger.error(
-                "replica %s was taken over by another replica; handing back %d running workflows",
-                self.settings.replica_id,
-                len(self._local),
-            )
-            for body in list(self._local.values()):
+        await self.membership.heartbeat()
+
+    def _taken_over(self) -> None:
+        """Declared dead while alive (paused or cut off longer than replica_dead_after_seconds): another replica
+        has re-enqueued this one's workflows. Those it took stop here at once; the others go on."""
+        self.observer.replica_taken_over()
+        self._background.append(asyncio.create_task(self._hand_back(), name="hand-back"))
+
+    async def _hand_back(self) -> None:
+        handed = 0
+        for session_id, claim in list(self._claims.items()):
+            body = self._local.get(session_id)
+            if body is not None and not body.done() and not await claim.owned():
                 body.cancel()
+                handed += 1
+        logger.error("handed back %d running workflows that another replica took over", handed)
 
     async def _recovery_duty(self) -> None:
         if time.monotonic() - self._orphans_checked > ORPHAN_CHECK_SECONDS:
             self._orphans_checked = time.monotonic()
             # The start-up pass covers this replica's own crashes; this one covers a replica that never returns.
             await self._requeue_orphans(created_before=time.time() - ORPHAN_CHECK_SECONDS, limit=100)
-        dead_before = time.time() - self.settings.replica_dead_after_seconds
-        for dead in await self._write(self.store.claim_dead_replicas, self.settings.replica_id, dead_before):
+        for dead, last_seen, incarnation in await self.membership.dead_replicas():
+            token = await self.membership.take_over(dead, last_seen, incarnation)
+            if token is None:
+                continue  # it beat (or another survivor took it) since it was watched
             logger.warning("replica %s is silent; recovering its pending workflows here", dead)
             # DBOS's open-source core has no failover of its own; this private call re-enqueues the dead
             # executor's PENDING workflows, and the queue's atomic dequeue admits exactly one runner for each.
-            # Only after it succeeded is the replica forgotten; if it fails, the claim lapses and is retried.
+            # Only after it succeeded is the replica forgotten; if it fails, its row keeps the takeover token, and
+            # a survivor takes it over again after another dead interval.
             handles = await self._read(DBOS._recover_pending_workflows, [dead])
-            await self._write(self.store.forget_replica, dead)
+            await self._write(self.store.forget_replica, dead, token)
             logger.warning("re-enqueued %d workflows of replica %s", len(handles), dead)
+
+    async def _repair_duty(self) -> None:
+        await self.repair_stranded()
+
+    async def repair_stranded(self, tenant: str | None = None) -> int:
+        """Finishes the sessions (of one tenant, or all) whose durable workflow ended without a terminal event
+        (orchestrator/repair.py); returns how many it finished. Safe to run anywhere at any time: each terminal
+        event is keyed as the body's own, and nothing is written once a session has finished."""
+        finished, after = 0, ""
+        while ids := await self._read(self.store.unfinished_session_ids, after, REPAIR_PAGE, tenant):
+            after = ids[-1]
+            for ended in await repair.ended_workflows(ids):
+                drafts = await self._completed_from_steps(ended.session_id) if ended.completed else None
+                drafts = drafts or [repair.terminal_event(ended)]
+                events, status = await self._write(self.store.append_many, ended.session_id, drafts)
+                self._published(events, status)
+                if events:
+                    finished += 1
+                    logger.warning(
+                        "session %s: its workflow ended (%s) without a final event; repaired: %s",
+                        ended.session_id,
+                        ended.status,
+                        events[-1].message,
+                    )
+            if len(ids) < REPAIR_PAGE:
+                break
+        return finished
+
+    async def _completed_from_steps(self, session_id: str) -> list[EventDraft] | None:
+        """The events a workflow that returned "completed" wrote before it did, rebuilt from its recorded phase
+        results (so nothing runs again); None when they cannot be rebuilt."""
+        request = await self._read(self.store.request, session_id)
+        if request is None or request["workflow_type"] not in self.catalog.names():
+            return None
+        definition = self.catalog.get(request["workflow_type"])
+        steps = await DBOS.list_workflow_steps_async(session_id)
+        recorded = {step["function_name"]: step["output"] for step in steps if step["error"] is None}
+        drafts, outputs, usage = [], {}, Usage()
+        for phase in definition.phases:
+            raw = recorded.get(f"phase:{phase.name}")
+            if isinstance(raw, dict):
+                result = PhaseResult.model_validate(raw)
+                draft, used = _phase_completed(phase.name, result)
+                drafts.append(draft)
+                outputs[phase.name] = result.output
+                usage = usage.plus(used)
+        final = assemble_result(definition, outputs, usage)
+        done = EventDraft("completed", EventType.WORKFLOW_COMPLETED, message=_completed_message(final), result=final)
+        return [*drafts, done]
 
     async def _purge(self) -> None:
         before = time.time() - self.settings.retention_hours * 3600
@@ -810,6 +1017,44 @@ def assemble_result(definition: WorkflowDefinition, outputs: dict[str, dict[str,
         usage=usage,
         outputs=outputs,
     )
+
+
+def _owner_token(workflow_id: str) -> str | None:
+    """The durable engine's ownership token of the execution running in this task (DBOS writes a fresh one at
+    each dequeue, also the one after a takeover); None outside a workflow."""
+    from dbos._context import current_owner_xid  # private: dbos is pinned, and the fencing tests cover it
+
+    token: str | None = current_owner_xid(workflow_id)
+    return token
+
+
+def _stored_owner(workflow_id: str) -> str | None:
+    """The ownership token the durable engine has stored for a workflow now (blocking: a database read)."""
+    from dbos._dbos import _get_dbos_instance  # private, as above
+
+    owner: str | None = _get_dbos_instance()._sys_db.get_workflow_owner(workflow_id)
+    return owner
+
+
+def _phase_completed(name: str, result: PhaseResult) -> tuple[EventDraft, Usage]:
+    """A finished phase's event, and what it used."""
+    used = Usage(
+        input_tokens=result.usage.input_tokens,
+        output_tokens=result.usage.output_tokens,
+        requests=result.usage.requests,
+        cost_usd=result.usage.cost_usd,
+        models=[result.usage.model],
+    )
+    message = _phase_message(result.output)
+    draft = EventDraft(
+        f"phase:{name}:completed",
+        EventType.PHASE_COMPLETED,
+        phase=name,
+        message=message,
+        data=result.output,
+        usage=used,
+    )
+    return draft, used
 
 
 def _completed_message(result: WorkflowResult) -> str:
@@ -899,7 +1144,7 @@ def _safe_url(settings: Settings) -> str:
     return sa.engine.make_url(settings.store_url()).render_as_string(hide_password=True)
 
 
-def _dbos_sqlite_engine(url: str) -> sa.Engine:
+def _dbos_sqlite_engine(url: str, busy_timeout_seconds: float = 30.0) -> sa.Engine:
     """DBOS's own SQLite settings plus WAL and synchronous=NORMAL: about 1 ms per step instead of 16."""
     engine = sa.create_engine(url, connect_args={"check_same_thread": False})
 
@@ -908,7 +1153,7 @@ def _dbos_sqlite_engine(url: str) -> sa.Engine:
         dbapi_conn.isolation_level = "IMMEDIATE"
         dbapi_conn.execute("PRAGMA journal_mode=WAL")
         dbapi_conn.execute("PRAGMA synchronous=NORMAL")
-        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        dbapi_conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_seconds * 1000)}")
         dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
     return engine

@@ -111,9 +111,32 @@ class PermissionDenied(OrchestratorError):
 
 
 class Unavailable(OrchestratorError):
-    """The engine cannot take the request now (starting or shutting down); retrying elsewhere may work."""
+    """The engine cannot take the request now (starting, shutting down, its database out of reach); retrying after
+    `retry_after_seconds`, here or on another replica, may work. `code` says why."""
 
     code = "UNAVAILABLE"
+    REASONS = ("UNAVAILABLE", "DATABASE_UNAVAILABLE", "DATABASE_FULL", "SERVER_SHUTTING_DOWN")
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0, *, reason: str = "UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+        self.code = reason
+
+
+class StoreUnavailable(Unavailable):
+    """The database could not take a read or write for a reason that passes (out of reach, locked by another
+    writer, out of space): an outage, not a bug. The call may have taken effect or not; reads, and submits with a
+    request_id, are safe to repeat."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 2.0, *, full: bool = False) -> None:
+        super().__init__(message, retry_after_seconds, reason="DATABASE_FULL" if full else "DATABASE_UNAVAILABLE")
+
+
+class ServerShuttingDown(Unavailable):
+    """This replica is shutting down: what it ended (a watch) resumes on another replica or after the restart."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 1.0) -> None:
+        super().__init__(message, retry_after_seconds, reason="SERVER_SHUTTING_DOWN")
 
 
 class DefinitionError(OrchestratorError):

@@ -88,6 +88,12 @@ class EventHub:
         for inbox in self._subscribers.get(session_id, ()):
             inbox.put(None)
 
+    def nudge_all(self) -> None:
+        """Wakes every watcher on this replica (a shutdown ending them)."""
+        for inboxes in self._subscribers.values():
+            for inbox in inboxes:
+                inbox.put(None)
+
     def close(self) -> None:
         self._subscribers.clear()
         self._history.clear()

@@ -15,10 +15,14 @@ How it isolates (Linux, util-linux `unshare`, `mount`, `prlimit`, `setpriv`):
 - `isolation="none"` (explicit operator opt-in for machines without namespaces): resource limits and a stripped
   environment only.
 
-Always: a wall-clock timeout that kills the whole process group (and with it the PID namespace), RLIMIT_CPU,
+Always: a wall-clock timeout that kills the whole run (its cgroup where there is one, its process group, and with
+its first process the PID namespace), RLIMIT_CPU,
 RLIMIT_AS, RLIMIT_FSIZE and RLIMIT_NPROC, an environment with only PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE,
 PYTHONPATH and PYTEST_DISABLE_PLUGIN_AUTOLOAD, and captured, truncated output. RLIMIT_NPROC counts every process of
 the uid, so sandboxes running at once share it.
+
+A run dies with the server, kill -9 included, and a server sweeps the runs its previous incarnation left at start
+(orchestrator/reaper.py: parent-death signals at every layer, a cgroup per run where cgroup v2 allows it).
 
 pytest is one of the service's own runtime dependencies, so the interpreter running the server can always run
 the tests; a run that could not start, collect or find any test says why in `not_run_reason`, apart from a run
@@ -34,10 +38,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path, PurePosixPath
@@ -45,9 +47,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator import reaper
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["SandboxError", "SandboxLimits", "TestRunReport", "run_tests"]
+__all__ = ["SandboxError", "SandboxLimits", "TestRunReport", "run_tests", "sweep_leftovers"]
 
 # Where the project appears inside the sandbox: on the private tmpfs that replaces /tmp.
 _INSIDE_PROJECT = "/tmp/sandbox"
@@ -85,6 +89,12 @@ class SandboxLimits(BaseModel):
         description="auto: namespaces, or refuse to run; none: resource limits and environment only (unsafe).",
     )
     work_dir: str | None = Field(default=None, description="Where temporary project directories are created.")
+    owner: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9._:-]{0,160}$",
+        description="Who starts the runs (the server sets its replica id and data directory): runs live in a "
+        "directory and cgroup of this name, which the next start of the same owner sweeps.",
+    )
     hidden_dirs: tuple[str, ...] = Field(
         default=(),
         description="Directories the tests must not see (the data directory, key files): covered with an empty "
@@ -338,6 +348,9 @@ async def _plan(base: Path, limits: SandboxLimits, python: str) -> tuple[list[st
             "--no-new-privs",
             "--inh-caps=-all",
             "--bounding-set=-all",
+            # The uid change above clears the parent-death signal `unshare --kill-child` gave this process (the
+            # namespace's first): set it again, or the namespace would outlive a killed `unshare`.
+            "--pdeathsig=KILL",
             "--",
             *_env_args(_INSIDE_PROJECT),
             *_pytest_args(python),
@@ -450,9 +463,10 @@ def _not_run_reason(exit_code: int | None, output: str, passed: int, failed: int
     return ""
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def sweep_leftovers(limits: SandboxLimits) -> reaper.SweepReport:
+    """Kills and removes the runs a previous incarnation of `limits.owner` left (blocking; call it at start,
+    before any run)."""
+    return reaper.sweep(limits.owner, limits.work_dir)
 
 
 async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: SandboxLimits) -> TestRunReport:
@@ -463,7 +477,8 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
     """
     validated = _validated_files(files)
     python = limits.python or sys.executable
-    base = Path(tempfile.mkdtemp(prefix="orchestrator-sandbox-", dir=limits.work_dir))
+    scope = reaper.open_run(limits.owner, limits.work_dir)
+    base = scope.base
     started = time.monotonic()
     try:
         (base / "newtmp").mkdir()
@@ -471,7 +486,7 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
         _write_project(base / "project", validated, owner)
         capture = _Capture(limits.output_chars)
         proc = await asyncio.create_subprocess_exec(
-            *command,
+            *scope.wrap(command),
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -479,6 +494,7 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
             start_new_session=True,  # its own process group, killed as one
             env={"PATH": _SAFE_PATH},
         )
+        scope.started(proc.pid)
         timed_out = False
         try:
             async with asyncio.timeout(timeout_s):
@@ -488,10 +504,10 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
                 await proc.wait()
         except TimeoutError:
             timed_out = True
-            _kill_group(proc)
+            scope.kill(proc.pid)
             await proc.wait()
         except BaseException:  # cancellation included: never leave the run behind, then propagate
-            _kill_group(proc)
+            scope.kill(proc.pid)
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(proc.wait(), 5)
             raise
@@ -522,4 +538,4 @@ async def run_tests(files: list[dict[str, Any]], *, timeout_s: float, limits: Sa
             not_run_reason=not_run,
         )
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        scope.close()

@@ -240,6 +240,11 @@ class Settings(BaseSettings):
         None,
         description="postgresql://... to run several replicas on one database; default: SQLite in data_dir.",
     )
+    # SQLite's own default waits 5 s, DBOS's 30 s. A write lock held longer than this by another process (a backup,
+    # a stuck tool) is an outage: the caller then gets UNAVAILABLE with a retry delay instead of waiting on.
+    sqlite_busy_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="How long a SQLite write waits for another writer before failing (UNAVAILABLE)."
+    )
     replica_id: str = Field(
         default_factory=socket.gethostname,
         description="Stable identity of this replica; unique per process sharing a database.",
@@ -273,6 +278,18 @@ class Settings(BaseSettings):
     retention_hours: float = Field(
         24.0 * 30, gt=0, description="Finished sessions are kept this long, then purged with their events."
     )
+    # A workflow waits out a database outage or a full disk instead of failing (orchestrator/retry.py); an hour
+    # covers a failover or an operator freeing space, and past it the workflow fails saying why, never strands.
+    database_retry_limit_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a running workflow waits for an unavailable (or full) database before it fails.",
+    )
+    repair_interval_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often sessions whose durable workflow ended without a final event are found and finished.",
+    )
     purge_interval_seconds: float = Field(600.0, gt=0, description="How often finished sessions are purged.")
     # A model-backed phase is one to a few model calls of tens of seconds each (the tester's fix loop more),
     # so a minute is the right order of magnitude; phase timeouts (600 s) are upper bounds, not estimates.
@@ -290,17 +307,17 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest accepted gRPC request message; larger ones get RESOURCE_EXHAUSTED."
     )
-
-    # Per-tenant limits (per client address when auth is off), on each replica.
-    write_rate_per_second: float = Field(
-        2.0, gt=0, description="Submits and cancels per second per tenant (token bucket refill)."
-    )
     request_timeout_seconds: float = Field(
         60.0,
         gt=0,
         le=3600,
         description="How long Envoy waits for a whole REST request (headers and body) before answering 408: an "
         "upload that trickles forever must not hold a connection. Streams are not cut: it ends with the request.",
+    )
+
+    # Per-tenant limits (per client address when auth is off), on each replica.
+    write_rate_per_second: float = Field(
+        2.0, gt=0, description="Submits and cancels per second per tenant (token bucket refill)."
     )
     write_burst: int = Field(20, ge=1, description="Submits and cancels a tenant may make at once.")
     read_rate_per_second: float = Field(

@@ -73,6 +73,30 @@ replicas = sa.Table(
     sa.Column("replica_id", sa.String(100), primary_key=True),
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
+    # A fresh token at every start of the replica, replaced by the survivor that takes it over: what its workflow
+    # bodies compare theirs with before each phase and before saving a phase's result (orchestrator/fencing.py).
+    sa.Column("incarnation", sa.String(64), nullable=False, server_default=""),
+)
+
+# What each finished phase consumed, saved with its completion event: a phase whose result was saved but whose
+# durable step was not yet recorded when the process died returns the saved result instead of calling the model
+# again (its output is the completion event's data).
+phase_results = sa.Table(
+    "orch_phase_results",
+    metadata,
+    sa.Column("session_id", sa.String(64), primary_key=True),
+    sa.Column("phase", sa.String(64), primary_key=True),
+    sa.Column("usage_json", sa.Text, nullable=False),
+)
+
+
+# One row per replica, rewritten by the health check: a database that answers reads but cannot take writes (a full
+# disk, a read-only standby) is found by writing, and a table of its own leaves the replicas' liveness alone.
+probes = sa.Table(
+    "orch_write_probes",
+    metadata,
+    sa.Column("replica_id", sa.String(100), primary_key=True),
+    sa.Column("written_at", sa.Float, nullable=False),
 )
 
 
@@ -107,12 +131,12 @@ def _ts(value: datetime) -> float:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, busy_timeout_seconds: float = 30.0) -> None:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            self._write = _sqlite_engine(url, immediate=True)
-            self._read = _sqlite_engine(url, immediate=False)
+            self._write = _sqlite_engine(url, immediate=True, busy_timeout_seconds=busy_timeout_seconds)
+            self._read = _sqlite_engine(url, immediate=False, busy_timeout_seconds=busy_timeout_seconds)
         else:
             self._write = sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
             self._read = self._write
@@ -125,6 +149,14 @@ class Store:
 
     def create_schema(self) -> None:
         metadata.create_all(self._write)
+        # Columns added after a table was first created (create_all adds tables, never columns).
+        with self._write.begin() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("orch_replicas")}
+            if "incarnation" not in columns:
+                exists = "" if self.is_sqlite else "IF NOT EXISTS "
+                conn.exec_driver_sql(
+                    f"ALTER TABLE orch_replicas ADD COLUMN {exists}incarnation VARCHAR(64) NOT NULL DEFAULT ''"
+                )
 
     @contextmanager
     def _writer(self) -> Iterator[Connection]:
@@ -148,6 +180,16 @@ class Store:
     def ping(self) -> None:
         with self._read.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+
+    def write_probe(self, replica_id: str) -> None:
+        """Rewrites this replica's probe row in a write transaction; raises when the database cannot take writes.
+        A pooled connection of its own, not the SQLite writer thread's: a probe never waits behind the write queue,
+        only for the database's write lock."""
+        with self._write.begin() as conn:
+            now = time.time()
+            own = probes.c.replica_id == replica_id
+            if not conn.execute(probes.update().where(own).values(written_at=now)).rowcount:
+                conn.execute(probes.insert().values(replica_id=replica_id, written_at=now))
 
     # Writes -------------------------------------------------------------------------------------------------
 
@@ -240,11 +282,17 @@ class Store:
         return WorkflowStatus.model_validate_json(row.status_json)
 
     def append_many(
-        self, session_id: str, drafts: list[EventDraft], *, cancel: bool = False
+        self,
+        session_id: str,
+        drafts: list[EventDraft],
+        *,
+        cancel: bool = False,
+        phase_usage: tuple[str, str] | None = None,
     ) -> tuple[list[WorkflowEvent], WorkflowStatus | None]:
         """Appends events in order and folds them into the status, in one transaction. A draft whose key is
         already stored is skipped (a replayed write changes nothing); nothing is written once the workflow has
-        finished. `cancel` also marks the session so the replica running it interrupts its phase."""
+        finished. `cancel` also marks the session so the replica running it interrupts its phase. With
+        `phase_usage` (phase, usage JSON), saves what the phase consumed along with its events."""
         with self._writer() as conn:
             lock = "" if self.is_sqlite else " FOR UPDATE"  # SQLite's writer already holds the database lock
             row = conn.exec_driver_sql(self._select_session + lock, (session_id,)).first()
@@ -274,6 +322,9 @@ class Store:
                 return [], status
             if rows:
                 conn.exec_driver_sql(self._insert_event, rows)
+            if phase_usage is not None and written:
+                phase, usage_json = phase_usage
+                conn.execute(phase_results.insert().values(session_id=session_id, phase=phase, usage_json=usage_json))
             conn.exec_driver_sql(
                 self._update_session,
                 (
@@ -307,46 +358,82 @@ class Store:
             )
             if ids:
                 conn.execute(events.delete().where(events.c.session_id.in_(ids)))
+                conn.execute(phase_results.delete().where(phase_results.c.session_id.in_(ids)))
                 conn.execute(sessions.delete().where(sessions.c.session_id.in_(ids)))
             return ids
 
-    def heartbeat(self, replica_id: str, started_at: float) -> bool:
-        """Says this replica is alive. Returns False when its row was gone: another replica declared it dead
-        (and recovered its work) while it was still running."""
-        now = time.time()
+    # Replicas (orchestrator/fencing.py decides; these are its reads and atomic writes) ---------------------
+
+    def _db_now(self) -> Any:
+        """The database's own clock in epoch seconds: replicas on hosts whose clocks differ still agree on it."""
+        if self.is_sqlite:
+            return (sa.func.julianday("now") - 2440587.5) * 86400.0
+        return sa.cast(sa.func.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+
+    def register_replica(self, replica_id: str, incarnation: str) -> None:
+        """Starts a new incarnation of the replica: an older one still running somewhere is fenced from now on."""
         with self._write.begin() as conn:
-            updated = conn.execute(
-                replicas.update().where(replicas.c.replica_id == replica_id).values(last_seen=now)
+            now = self._db_now()
+            own = replicas.c.replica_id == replica_id
+            values = {"last_seen": now, "started_at": now, "incarnation": incarnation}
+            if not conn.execute(replicas.update().where(own).values(**values)).rowcount:
+                conn.execute(replicas.insert().values(replica_id=replica_id, **values))
+
+    def renew_replica(self, replica_id: str, incarnation: str) -> bool:
+        """The heartbeat: False when the incarnation no longer holds (another replica took this one over)."""
+        with self._write.begin() as conn:
+            renewed = conn.execute(
+                replicas.update()
+                .where(replicas.c.replica_id == replica_id, replicas.c.incarnation == incarnation)
+                .values(last_seen=self._db_now())
             ).rowcount
-            if not updated:
-                conn.execute(replicas.insert().values(replica_id=replica_id, last_seen=now, started_at=started_at))
-        return bool(updated)
+        return bool(renewed)
 
-    def claim_dead_replicas(self, own_id: str, dead_before: float) -> list[str]:
-        """Claims the replicas silent since `dead_before` by stamping their row (so of several survivors exactly
-        one claims each, and nobody else for another dead interval); the caller recovers their work, then calls
-        `forget_replica`. A claimer that dies before that leaves the row to be claimed again."""
-        claimed = []
-        now = time.time()
-        with self._write.begin() as conn:
-            stale = conn.execute(
-                sa.select(replicas.c.replica_id).where(
-                    replicas.c.last_seen < dead_before, replicas.c.replica_id != own_id
+    def replica_heartbeats(self, own_id: str) -> tuple[float, dict[str, tuple[float, str]]]:
+        """The database's time now, and every other replica's last heartbeat and incarnation."""
+        with self._read.connect() as conn:
+            now = float(conn.execute(sa.select(self._db_now())).scalar_one())
+            rows = conn.execute(
+                sa.select(replicas.c.replica_id, replicas.c.last_seen, replicas.c.incarnation).where(
+                    replicas.c.replica_id != own_id
                 )
-            ).scalars()
-            for replica_id in list(stale):
-                taken = conn.execute(
-                    replicas.update()
-                    .where(replicas.c.replica_id == replica_id, replicas.c.last_seen < dead_before)
-                    .values(last_seen=now)
-                ).rowcount
-                if taken:
-                    claimed.append(replica_id)
-        return claimed
+            ).all()
+        return now, {row.replica_id: (float(row.last_seen), row.incarnation) for row in rows}
 
-    def forget_replica(self, replica_id: str) -> None:
+    def claim_replica(self, replica_id: str, last_seen: float, incarnation: str, token: str) -> bool:
+        """Takes a silent replica over by replacing its incarnation with `token`, unless it has beaten or been
+        claimed since (compare-and-set on both): of several survivors exactly one claims it, and the replica,
+        should it wake up, finds itself fenced. The caller recovers its work, then calls `forget_replica`."""
         with self._write.begin() as conn:
-            conn.execute(replicas.delete().where(replicas.c.replica_id == replica_id))
+            taken = conn.execute(
+                replicas.update()
+                .where(
+                    replicas.c.replica_id == replica_id,
+                    replicas.c.last_seen == last_seen,
+                    replicas.c.incarnation == incarnation,
+                )
+                .values(incarnation=token)
+            ).rowcount
+        return bool(taken)
+
+    def forget_replica(self, replica_id: str, token: str | None = None) -> None:
+        """Removes a recovered replica's row; with `token`, only while the claim is still this one (the replica
+        may have registered again meanwhile, and must keep that row)."""
+        with self._write.begin() as conn:
+            query = replicas.delete().where(replicas.c.replica_id == replica_id)
+            if token is not None:
+                query = query.where(replicas.c.incarnation == token)
+            conn.execute(query)
+
+    def phase_usage(self, session_id: str, phase: str) -> str | None:
+        """The usage JSON saved with a finished phase's completion event, or None."""
+        with self._read.connect() as conn:
+            value = conn.execute(
+                sa.select(phase_results.c.usage_json).where(
+                    phase_results.c.session_id == session_id, phase_results.c.phase == phase
+                )
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
 
     # Reads --------------------------------------------------------------------------------------------------
 
@@ -395,6 +482,16 @@ class Store:
         query = query.order_by(sessions.c.created_at).limit(limit)
         with self._read.connect() as conn:
             return list(conn.execute(query).scalars())
+
+    def unfinished_session_ids(self, after: str = "", limit: int = 500, tenant: str | None = None) -> list[str]:
+        """Queued and running sessions in session id order after `after` (keyset pages), optionally of one tenant:
+        what the repair pass checks against the durable engine."""
+        active = (WorkflowState.QUEUED.value, WorkflowState.RUNNING.value)
+        query = sa.select(sessions.c.session_id).where(sessions.c.state.in_(active), sessions.c.session_id > after)
+        if tenant is not None:
+            query = query.where(sessions.c.tenant == tenant)
+        with self._read.connect() as conn:
+            return list(conn.execute(query.order_by(sessions.c.session_id).limit(limit)).scalars())
 
     def queued_counts(self) -> dict[str, int]:
         """QUEUED sessions by workflow type, in the whole database (every replica): one indexed count."""
@@ -491,8 +588,11 @@ def _decode_token(token: str) -> tuple[float, str]:
         raise InvalidArgument.field("page_token", "is not a token this server issued") from None
 
 
-def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8)
+def _sqlite_engine(url: str, *, immediate: bool, busy_timeout_seconds: float = 30.0) -> Engine:
+    busy_ms = int(busy_timeout_seconds * 1000)
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}, pool_size=8
+    )
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -502,7 +602,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

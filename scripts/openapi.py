@@ -162,6 +162,11 @@ def finish(doc: JsonDict, files: descriptor_pb2.FileDescriptorSet) -> JsonDict:
         response_roots |= _refs(ok)
         if method.server_streaming:
             _describe_stream(ok)
+        if method.name == restface.UNHEALTHY["rpc"]:
+            op["responses"][str(restface.UNHEALTHY["status"])] = {
+                "description": "The service cannot serve now (`status` is `not_serving`): the same report.",
+                "content": copy.deepcopy(ok["content"]),
+            }
         op["responses"]["default"] = {"$ref": "#/components/responses/Error"}
     doc["components"].pop("requestBodies", None)
 

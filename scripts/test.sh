@@ -55,6 +55,8 @@ if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 export ORCHESTRATOR_REQUIRE_CHROMIUM=1
+# The full-disk fault test mounts a small tmpfs (root with CAP_SYS_ADMIN, as in CI): it must run, not skip.
+export ORCHESTRATOR_REQUIRE_TMPFS=1
 # The Node.js client example runs against the real server in the tests.
 (cd clients/node && npm ci --silent --no-audit --no-fund >/dev/null)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,15 +17,21 @@ from prometheus_client import CollectorRegistry
 from orchestrator.agents import AgentSettings, PhaseRunner
 from orchestrator.definitions import load_catalog
 from orchestrator.engine import Engine, PhaseRunnerLike
+from orchestrator.models import ServingStatus
+from orchestrator.sandbox import SandboxLimits, sweep_leftovers
 from orchestrator.settings import Settings
 from service.auth import Gatekeeper
 from service.health import HealthServicer
 from service.live import LiveServer
 from service.metrics import MetricsServer, ServiceMetrics
-from service.server import build_server, set_serving
+from service.server import build_server, set_ready, set_serving
 from service.startup import describe_startup_failure
 
 logger = logging.getLogger(__name__)
+
+# How often grpc.health.v1 is brought in line with the engine's health (which caches its own check for 2 s).
+# Kubernetes probes every 5 s: a replica whose database fails is out of its Service within about two periods.
+HEALTH_FOLLOW_SECONDS = 2.0
 
 
 @dataclass
@@ -41,10 +50,15 @@ class App:
     _health: health.aio.HealthServicer | None = None
     _envoy: object | None = None
     _own_runner: PhaseRunner | None = None
+    _health_follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
         metrics = ServiceMetrics(self.registry)
+        # Sandboxed runs a killed predecessor (same replica id and data directory) left: killed and removed before
+        # recovered workflows start new ones. A pool of its own: DBOS shuts the loop's default one down at stop.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-sweep") as pool:
+            await asyncio.get_running_loop().run_in_executor(pool, sweep_leftovers, sandbox_limits(settings))
         runner = self.runner
         if runner is None:
             runner = self._own_runner = PhaseRunner(_sandboxed(settings), observer=metrics)
@@ -69,6 +83,7 @@ class App:
         self._metrics_server.start()
         self.metrics_port = self._metrics_server.port
         await set_serving(self._health, True)
+        self._health_follower = asyncio.create_task(self._follow_health(), name="health-follower")
         if settings.envoy:
             await self._start_envoy()
         logger.info(
@@ -114,13 +129,42 @@ class App:
         self._envoy = sidecar
         self.http_port = sidecar.http_port
 
+    async def _follow_health(self) -> None:
+        """grpc.health.v1 follows the engine's health: NOT_SERVING while the replica cannot serve (its database out
+        of reach or refusing writes), so readiness probes and balancers take it out; SERVING once it can again."""
+        assert self.engine is not None and self._health is not None
+        ready = True
+        while True:
+            await asyncio.sleep(HEALTH_FOLLOW_SECONDS)
+            try:
+                report = await self.engine.health()
+                now = report.status is not ServingStatus.NOT_SERVING
+                failing = [d for d in report.dependencies if d.status is ServingStatus.NOT_SERVING]
+                why = "; ".join(f"{d.name}: {d.message}" for d in failing)
+            except Exception as exc:
+                now, why = False, f"the health check failed ({type(exc).__name__})"
+            if now != ready:
+                ready = now
+                if ready:
+                    logger.warning("serving again: the replica's dependencies are back")
+                else:
+                    logger.error("NOT_SERVING until its dependencies are back: %s", why)
+                await set_ready(self._health, ready)
+
     async def stop(self, grace: float = 10.0) -> None:
-        """NOT_SERVING first so balancers stop sending, then drain in-flight calls, then stop the engine.
-        Running workflows are not finished here: they resume when a replica with this id starts again."""
+        """NOT_SERVING first so balancers stop sending, then end the watch streams in-band (a watch lasts as long as
+        its workflow: waiting for them would use up the grace, cutting them would look like a finished stream),
+        then drain in-flight calls, then stop the engine. Running workflows are not finished here: they resume
+        when a replica with this id starts again."""
+        if self._health_follower is not None:
+            self._health_follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_follower
         if self._health is not None:
             await set_serving(self._health, False)
         if self.engine is not None:
             self.engine.stop_accepting()
+            self.engine.end_watches()
         if self._server is not None:
             await self._server.stop(grace)
         if self._live is not None:
@@ -158,7 +202,17 @@ def _sandboxed(settings: Settings) -> AgentSettings:
     hidden = {str(settings.data_dir), str(Path.home())} | {str(p.resolve().parent) for p in secrets if p is not None}
     sandbox = settings.agents.sandbox
     limits = sandbox.model_copy(update={"hidden_dirs": tuple(sorted(hidden | set(sandbox.hidden_dirs)))})
-    return settings.agents.model_copy(update={"sandbox": limits})
+    return settings.agents.model_copy(update={"sandbox": sandbox_limits(settings, limits)})
+
+
+def sandbox_limits(settings: Settings, limits: SandboxLimits | None = None) -> SandboxLimits:
+    """The sandbox limits with their owner: this replica in this data directory, so that its next start sweeps
+    the runs it left and no other server's (tests run many servers with one replica id side by side)."""
+    limits = limits or settings.agents.sandbox
+    if limits.owner:
+        return limits
+    place = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+    return limits.model_copy(update={"owner": f"{settings.replica_id}-{place}"})
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

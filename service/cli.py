@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -16,6 +17,8 @@ from google.protobuf import json_format
 from service.gen.orchestrator.v1 import enums_pb2 as enums
 
 DEFAULT_TARGET = os.environ.get("ORCHESTRATOR_TARGET", "127.0.0.1:50051")
+# Long enough to ride out a graceful restart (about 15 s) or a database failover (a minute or two).
+DEFAULT_RETRY_TIMEOUT = os.environ.get("ORCHESTRATOR_RETRY_TIMEOUT", "300")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
             "--token",
             default=os.environ.get("ORCHESTRATOR_TOKEN") or None,
             help="bearer JWT sent as 'authorization: Bearer ...' (prefer ORCHESTRATOR_TOKEN: argv is visible to ps)",
+        )
+        p.add_argument(
+            "--retry-timeout",
+            type=_seconds,
+            default=DEFAULT_RETRY_TIMEOUT,  # a string default goes through `type` too: a bad value is a usage error
+            metavar="SECONDS",
+            help="how long to keep retrying while the service is unavailable (restarting, its database down), "
+            "and to keep resuming a watch; 0 never retries (ORCHESTRATOR_RETRY_TIMEOUT, default 300)",
         )
         return p
 
@@ -78,17 +89,40 @@ def _serve_settings() -> dict[str, Any]:
     return {name: info for name, info in Settings.model_fields.items() if name not in ("agents", "auth", "tls")}
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    from service.client import WatchInterrupted
+
+    # The client's retries, one line each on stderr: a command that waits out a restart says why it waits.
+    retries = logging.StreamHandler(sys.stderr)
+    retries.setFormatter(logging.Formatter("%(message)s"))
+    client_log = logging.getLogger("service.client")
+    client_log.addHandler(retries)
+    client_log.setLevel(logging.INFO)
     try:
         return asyncio.run(_client_command(args))
     except grpc.aio.AioRpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except WatchInterrupted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        client_log.removeHandler(retries)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -131,7 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
 async def _client_command(args: argparse.Namespace) -> int:
     from service.client import OrchestratorClient
 
-    async with OrchestratorClient(args.target, token=args.token) as client:
+    async with OrchestratorClient(args.target, token=args.token, retry_timeout=args.retry_timeout) as client:
         match args.command:
             case "submit":
                 response = await client.submit(

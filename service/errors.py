@@ -7,7 +7,14 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from orchestrator.errors import InvalidArgument, OrchestratorError, PermissionDenied, ResourceExhausted, Unauthenticated
+from orchestrator.errors import (
+    InvalidArgument,
+    OrchestratorError,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 
 DOMAIN = "orchestrator.v1"
 
@@ -23,6 +30,7 @@ CODES: dict[str, grpc.StatusCode] = {
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
     # The reasons these errors give in ErrorInfo (TOKEN_EXPIRED, RATE_LIMITED, ...) share their class's code.
     **dict.fromkeys(ResourceExhausted.REASONS, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    **dict.fromkeys(Unavailable.REASONS, grpc.StatusCode.UNAVAILABLE),
     **dict.fromkeys(PermissionDenied.REASONS, grpc.StatusCode.PERMISSION_DENIED),
     **dict.fromkeys(Unauthenticated.REASONS, grpc.StatusCode.UNAUTHENTICATED),
 }
@@ -74,7 +82,9 @@ def to_status(exc: OrchestratorError | None, request_id: str) -> tuple[grpc.Stat
         for v in exc.violations:
             bad.field_violations.add(field=v.field, description=v.description)
         details.append(_pack(bad))
-    if isinstance(exc, ResourceExhausted):
+    # A retry delay on every error a retry may cure: clients wait at least this long, and the REST face turns it
+    # into Retry-After.
+    if isinstance(exc, ResourceExhausted | Unavailable):
         delay = duration_pb2.Duration()
         delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))

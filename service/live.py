@@ -22,7 +22,15 @@ from gateway import restface
 from orchestrator import logcontext
 from orchestrator.cache import LruCache
 from orchestrator.engine import Engine
-from orchestrator.errors import InvalidArgument, OrchestratorError, PermissionDenied, ResourceExhausted, Unauthenticated
+from orchestrator.errors import (
+    InvalidArgument,
+    OrchestratorError,
+    PermissionDenied,
+    ResourceExhausted,
+    ServerShuttingDown,
+    Unauthenticated,
+    Unavailable,
+)
 from orchestrator.models import EventType, WorkflowEvent
 from orchestrator.settings import Settings
 from service import auth, convert, errors
@@ -47,6 +55,10 @@ MAX_SEQUENCE_DIGITS: Final = 19  # int64
 # A client only ever sends "ping"; anything larger is closed with 1009 by aiohttp.
 MAX_CLIENT_MESSAGE_BYTES: Final = 4096
 CLOSE_TIMEOUT_SECONDS: Final = 2.0
+# The `type` of the last message of a stream that ends before its terminal event (see end_message):
+# "reconnect" when resuming can succeed (shutdown, a database outage), "error" when it cannot.
+RECONNECT: Final = "reconnect"
+STREAM_ERROR: Final = "error"
 
 JsonDict = dict[str, Any]
 
@@ -57,9 +69,31 @@ def error_body(exc: OrchestratorError, status: int, request_id: str) -> JsonDict
     details: JsonDict = {}
     if isinstance(exc, InvalidArgument) and exc.violations:
         details["field_violations"] = [{"field": v.field, "description": v.description} for v in exc.violations]
-    if isinstance(exc, ResourceExhausted):
+    if isinstance(exc, ResourceExhausted | Unavailable):
         details["retry_after_seconds"] = exc.retry_after_seconds
     return restface.error_body(status, exc.message, error=exc.code, details=details, request_id=request_id)
+
+
+def end_message(exc: OrchestratorError, request_id: str, after_sequence: int) -> JsonDict:
+    """The last message of a REST stream cut before its terminal event, so that it never ends like a finished
+    one: the guide's ErrorResponse plus `type` (RECONNECT or STREAM_ERROR) and `after_sequence`, the sequence to
+    resume after (the last event this stream sent)."""
+    status = errors.HTTP_STATUS[errors.code_of(exc)]
+    body = error_body(exc, status, request_id)
+    return {
+        "type": RECONNECT if isinstance(exc, Unavailable) else STREAM_ERROR,
+        **body,
+        "after_sequence": after_sequence,
+    }
+
+
+def _close_code(exc: OrchestratorError) -> int:
+    """RFC 6455's codes: 1012 Service Restart for a shutdown, 1013 Try Again Later for other outages."""
+    if isinstance(exc, ServerShuttingDown):
+        return int(WSCloseCode.SERVICE_RESTART)
+    if isinstance(exc, Unavailable):
+        return int(WSCloseCode.TRY_AGAIN_LATER)
+    return int(WSCloseCode.INTERNAL_ERROR)
 
 
 class LiveServer:
@@ -98,8 +132,11 @@ class LiveServer:
         self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
-        """Closes every WebSocket with 1001 (going away), ends every watch stream, then stops listening."""
-        closing = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down") for ws in self._sockets]
+        """Closes every WebSocket still open with 1012 (Service Restart: reconnect), ends every watch stream, then
+        stops listening. Streams of running workflows have ended before, in-band (Engine.end_watches)."""
+        closing = [
+            ws.close(code=WSCloseCode.SERVICE_RESTART, message=b"server restarting; reconnect") for ws in self._sockets
+        ]
         if closing:
             await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=CLOSE_TIMEOUT_SECONDS)
         for task in list(self._streams):
@@ -114,10 +151,12 @@ class LiveServer:
         rid = self._begin(request)
         sse = EVENT_STREAM in request.headers.get("Accept", "")
         response: web.StreamResponse | None = None
+        last = 0
         try:
             async with self._admitted(request, websocket=False) as principal:
                 session_id, after = _watch_arguments(request, sse=sse)
-                events = await self._engine.watch(session_id, after or 0, principal.tenant)
+                last = after or 0
+                events = await self._engine.watch(session_id, last, principal.tenant)
                 if sse and after and await self._ended_at(session_id, after, principal.tenant):
                     # An EventSource reconnects whenever a stream ends, and stops only on a 204: without this,
                     # one that has seen the terminal event would ask again every few seconds forever.
@@ -127,18 +166,24 @@ class LiveServer:
                 async for event in events:
                     text = self._json(event)
                     await response.write((f"id: {event.sequence}\ndata: {text}\n\n" if sse else text + "\n").encode())
+                    if event.type is not EventType.HEARTBEAT:
+                        last = event.sequence
                 await response.write_eof()
                 return response
         except OrchestratorError as exc:
-            if response is not None:  # the status is sent: the stream just ends, as the gRPC one would
-                logger.warning("watch stream ended early: %s", exc.message)
-                return response
-            return _error_response(exc, rid)
+            if response is None:
+                return _error_response(exc, rid)
+            # The status line is sent: an HTTP/1.1 client would take a plain end for a finished stream, so the
+            # last message says why it ended and where to resume.
+            logger.info("watch stream ended before its terminal event: %s", exc.message)
+            return await _end_stream(response, end_message(exc, rid, last), sse=sse)
         except ConnectionError:
             return response or web.Response(status=499)  # the client went away mid-write: nothing to answer
         except Exception:
             logger.exception("unexpected error in a live watch stream")
-            return response or _error_response(_internal(rid), rid)
+            if response is None:
+                return _error_response(_internal(rid), rid)
+            return await _end_stream(response, end_message(_internal(rid), rid, last), sse=sse)
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """GET /ws/{id}: the guide's WebSocket. Answers "ping" with "pong" at any time and pushes events as JSON
@@ -165,7 +210,7 @@ class LiveServer:
                 await ws.prepare(request)
                 # The stream slot is given back once the session's events end (the socket stays open for the
                 # client's pings): an open socket on a finished session must not count against the tenant.
-                await self._converse(ws, events, events_ended=admission.aclose)
+                await self._converse(ws, events, events_ended=admission.aclose, after=after, request_id=rid)
                 return ws
         except OrchestratorError as exc:
             return ws if ws.prepared else _error_response(exc, rid)
@@ -183,22 +228,37 @@ class LiveServer:
         ws: web.WebSocketResponse,
         events: AsyncIterator[WorkflowEvent],
         events_ended: Callable[[], Awaitable[None]],
+        *,
+        after: int,
+        request_id: str,
     ) -> None:
         self._sockets.add(ws)
         sending = asyncio.Lock()  # the pump and the pong share one socket
 
         async def pump() -> None:
+            last = after
             try:
                 async for event in events:
                     text = self._json(event)
                     async with sending:
                         await ws.send_str(text)
+                    if event.type is not EventType.HEARTBEAT:
+                        last = event.sequence
                 await events_ended()
             except (ConnectionError, asyncio.CancelledError):
                 raise
-            except Exception:
-                logger.exception("unexpected error pushing events on a WebSocket")
-                await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+            except Exception as exc:
+                if isinstance(exc, OrchestratorError):
+                    logger.info("WebSocket events ended before the terminal event: %s", exc.message)
+                    ended = exc
+                else:
+                    logger.exception("unexpected error pushing events on a WebSocket")
+                    ended = _internal(request_id)
+                # The last message says why and where to resume; the close code says it too, for clients that
+                # only look at that (1012 Service Restart, 1013 Try Again Later, 1011 Internal Error).
+                async with sending:
+                    await ws.send_str(json.dumps(end_message(ended, request_id, last), separators=(",", ":")))
+                await ws.close(code=_close_code(ended), message=_close_reason(ended))
 
         pusher = asyncio.create_task(pump())
         try:
@@ -358,10 +418,32 @@ def _internal(request_id: str) -> OrchestratorError:
     return OrchestratorError(f"internal error (request id {request_id})")
 
 
+async def _end_stream(response: web.StreamResponse, message: JsonDict, *, sse: bool) -> web.StreamResponse:
+    """Writes the last message of a cut stream and ends it. SSE names it (`event: reconnect`, with `retry:` set
+    to the retry delay so an EventSource waits that long before it reconnects with Last-Event-ID); NDJSON has it
+    as a last line."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    if sse:
+        retry = message.get("details", {}).get("retry_after_seconds")
+        wait = f"retry: {int(retry * 1000)}\n" if isinstance(retry, int | float) else ""
+        frame = f"event: {message['type']}\n{wait}data: {text}\n\n"
+    else:
+        frame = text + "\n"
+    with contextlib.suppress(ConnectionError):
+        await response.write(frame.encode())
+        await response.write_eof()
+    return response
+
+
+def _close_reason(exc: OrchestratorError) -> bytes:
+    """A WebSocket close reason: at most 123 bytes (RFC 6455), so the machine code rather than the message."""
+    return exc.code.encode()[:123]
+
+
 def _error_response(exc: OrchestratorError, request_id: str) -> web.Response:
     status = errors.HTTP_STATUS[errors.code_of(exc)]
     headers = {"x-request-id": request_id}
-    if isinstance(exc, ResourceExhausted):
+    if isinstance(exc, ResourceExhausted | Unavailable):
         headers["Retry-After"] = restface.retry_after_header(exc.retry_after_seconds)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="orchestrator"'

@@ -127,6 +127,19 @@ class ServiceMetrics:
             buckets=_PHASE_BUCKETS,
             registry=registry,
         )
+        self.phase_reexecutions = Counter(
+            "orchestrator_phase_reexecutions_total",
+            "Phases whose model call started again after an earlier start on this or another replica was cut off "
+            "(a crash, a kill, a takeover): each costs a second model call. Counted by the replica that re-runs it.",
+            ["workflow_type", "phase"],
+            registry=registry,
+        )
+        self.taken_over = Counter(
+            "orchestrator_replica_taken_over_total",
+            "Times this replica found that another had declared it dead and taken its running workflows over "
+            "(it was paused or cut off from the database longer than replica_dead_after_seconds).",
+            registry=registry,
+        )
         self.watch_streams = Gauge(
             "orchestrator_watch_streams_open",
             "Open watch streams (gRPC, REST and WebSocket) on this replica.",
@@ -217,6 +230,12 @@ class ServiceMetrics:
 
     def phase_finished(self, workflow_type: str, phase: str, outcome: str, seconds: float) -> None:
         self.phase_duration.labels(workflow_type, phase, outcome).observe(seconds)
+
+    def phase_reexecuted(self, workflow_type: str, phase: str) -> None:
+        self.phase_reexecutions.labels(workflow_type, phase).inc()
+
+    def replica_taken_over(self) -> None:
+        self.taken_over.inc()
 
     def track_running(self, count: Callable[[], int]) -> None:
         self.running.set_function(lambda: float(count()))

@@ -111,12 +111,23 @@ def _methods(*services: ServiceDescriptor) -> list[tuple[str, str, str]]:
     ]
 
 
-# grpc.health.v1 names. "" (the server) and the service say whether this replica can serve calls now; LIVENESS
-# says only that the process runs and is not shutting down. The Envoy sidecar's upstream check reads LIVENESS.
+# grpc.health.v1 names. "" (the server) and the service say whether this replica can serve calls now: NOT_SERVING
+# while it starts, while its database is out of reach or full, and from the start of a shutdown; readiness probes
+# and balancers read them. LIVENESS says only that the process runs and is not shutting down: a restart would not
+# bring a database back, so liveness probes (and the Envoy sidecar's upstream check, which would otherwise answer
+# every REST call itself, without the service's own UNAVAILABLE and retry delay) read this one.
 LIVENESS = "liveness"
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    """Every name, LIVENESS included: the start and the end of the process."""
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME, LIVENESS):
+        await health_servicer.set(name, status)
+
+
+async def set_ready(health_servicer: health.aio.HealthServicer, ready: bool) -> None:
+    """The server and the service, not LIVENESS: whether the replica's dependencies let it serve now."""
+    status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
         await health_servicer.set(name, status)

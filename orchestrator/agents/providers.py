@@ -30,6 +30,7 @@ from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.models.wrapper import WrapperModel
 from pydantic_ai.settings import ModelSettings
 
+from orchestrator import fencing
 from orchestrator.agents.errors import PhaseFailed
 from orchestrator.agents.metering import UsageMeter
 from orchestrator.agents.observer import AgentObserver, ModelOutcome, NullAgentObserver
@@ -174,6 +175,8 @@ class ResilientModel(WrapperModel):
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
+        # After the wait for a slot, which can be long: a replica that was taken over meanwhile sends nothing.
+        await fencing.before_model_call()
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._agent_settings.request_timeout_s):

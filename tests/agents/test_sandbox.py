@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator import reaper
 from orchestrator.sandbox import SandboxError, SandboxLimits, parse_pytest_summary, run_tests
 
 pytestmark = pytest.mark.timeout(60)
@@ -185,7 +190,7 @@ async def test_cancellation_kills_the_run_and_cleans_up(tmp_path: Path) -> None:
     )
     task = asyncio.create_task(run_tests([tfile("test_hang.py", body)], timeout_s=60, limits=limits))
     deadline = time.monotonic() + 20
-    while not list(work_dir.glob("*/project/started")):
+    while not list(work_dir.glob("*/run-*/project/started")):
         assert time.monotonic() < deadline, "the sandboxed test never started"
         assert not task.done(), task
         await asyncio.sleep(0.02)
@@ -197,7 +202,7 @@ async def test_cancellation_kills_the_run_and_cleans_up(tmp_path: Path) -> None:
     while _sandbox_processes():
         assert time.monotonic() < deadline, "sandbox processes outlived the cancellation"
         await asyncio.sleep(0.02)
-    assert list(work_dir.iterdir()) == []
+    assert list(work_dir.glob("*/run-*")) == []
 
 
 def test_parse_pytest_summary() -> None:
@@ -232,3 +237,59 @@ async def test_hidden_directories_are_empty_inside_the_sandbox() -> None:
         for child in secret_dir.iterdir():
             child.unlink()
         secret_dir.rmdir()
+
+
+def test_sweep_kills_a_leftover_session_and_removes_its_directory(tmp_path: Path) -> None:
+    """The fallback without a cgroup: a run is found by the session id its marker names."""
+    owner = f"sweep-{os.getpid()}"
+    root = reaper.owner_root(owner, str(tmp_path))
+    run = root / "run-leftover"
+    (run / "project").mkdir(parents=True)
+    # A session leader and a child it started, as a killed server's `unshare` and pytest would be.
+    leader = subprocess.Popen(["sh", "-c", "sleep 300 & exec sleep 300"], start_new_session=True)
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (run / "sandbox-run.json").write_text(json.dumps({"session": leader.pid, "boot_id": boot_id, "cgroup": ""}))
+    deadline = time.monotonic() + 5
+    while len(members := reaper._session_members(leader.pid)) < 2:  # the shell forks its child
+        assert time.monotonic() < deadline, members
+        time.sleep(0.02)
+    report = reaper.sweep(owner, str(tmp_path))
+    leader.wait(5)
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in members):
+        assert time.monotonic() < deadline, "the swept session's processes are still running"
+        time.sleep(0.02)
+    assert report.processes_killed == 2
+    assert not run.exists() and report.directories_removed == 1
+
+
+def test_sweep_kills_what_is_left_in_a_run_cgroup(tmp_path: Path) -> None:
+    owner = f"sweep-cg-{os.getpid()}"
+    scope = reaper.open_run(owner, str(tmp_path))
+    if scope.cgroup is None:
+        pytest.skip("no writable cgroup v2 here: runs are found by session instead")
+    try:
+        # A process that left the run's session (setsid) but not its cgroup: only the cgroup finds it.
+        escaped = subprocess.Popen(
+            ["/bin/sh", "-c", 'echo $$ > "$0" && exec setsid sleep 300', str(scope.cgroup / "cgroup.procs")]
+        )
+        deadline = time.monotonic() + 5
+        while not (scope.cgroup / "cgroup.procs").read_text().split():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        report = reaper.sweep(owner, str(tmp_path))
+        assert escaped.wait(5) == -signal.SIGKILL
+        assert report.cgroups_removed == 1 and not scope.cgroup.exists()
+        assert not scope.base.exists()
+    finally:
+        scope.close()
+        with contextlib.suppress(OSError):
+            scope.cgroup.parent.rmdir()
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rfind(")") + 2 :].split()[0]

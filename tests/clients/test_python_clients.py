@@ -1,12 +1,15 @@
-"""The typed Python clients, async and sync, against the real service: the same API, retries on UNAVAILABLE
-against a server that starts late, and a watch that resumes after its connection drops or its server restarts."""
+"""The typed Python clients, async and sync, against the real service: the same API, retries on UNAVAILABLE by a
+deadline against a server that starts late, and a watch that resumes after its connection drops or its server
+restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
+import re
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from tests.runners import ScriptedRunner
 
 pytestmark = pytest.mark.timeout(60)
 DESIGN_PHASES = ["requirements", "design"]
+# The clients used to give up after 5 retries from 0.1 s (about 3 s), less than a graceful restart takes.
+OLD_RETRY_BUDGET = 5
 
 
 def stored(events: list[Any]) -> list[Any]:
@@ -136,16 +141,20 @@ async def test_calls_retry_unavailable_until_a_late_server_starts(
     tmp_path: Path, runner: ScriptedRunner, retry_log: RetryLog, flavour: str
 ) -> None:
     with reserved_port() as port:
-        target = f"127.0.0.1:{port}"
+        target = f"127.0.0.1:{port}"  # the default retry timeout (minutes)
         if flavour == "async":
-            client: Any = OrchestratorClient(target, retries=12)
+            client: Any = OrchestratorClient(target)
             call = asyncio.ensure_future(client.submit("late", "design", request_id="late-1"))
         else:
-            client = SyncOrchestratorClient(target, retries=12)
+            client = SyncOrchestratorClient(target)
             call = asyncio.ensure_future(asyncio.to_thread(client.submit, "late", "design", request_id="late-1"))
         try:
-            # The server starts only once the client has been refused at least once.
-            assert await asyncio.to_thread(retry_log.first.wait, 20)
+            # The server starts only once the client has been refused more often than the old clients allowed.
+            deadline = time.monotonic() + 30
+            while len(retry_log.messages) <= OLD_RETRY_BUDGET:
+                assert time.monotonic() < deadline, retry_log.messages
+                assert not call.done(), call
+                await asyncio.sleep(0.05)
             assert not call.done()
             app = App(make_settings(tmp_path / "data", grpc_port=port), runner=runner)
             await app.start()
@@ -153,6 +162,12 @@ async def test_calls_retry_unavailable_until_a_late_server_starts(
                 submitted = await asyncio.wait_for(call, 30)
                 assert submitted.created
                 assert "UNAVAILABLE" in retry_log.messages[0]
+                # Exponential from 0.1 s, each with jitter (0.5x to 1.5x): clients of a restarted server spread out.
+                delays = [float(re.search(r" in ([0-9.]+)s", m)[1]) for m in retry_log.messages]  # type: ignore[index]
+                for attempt, delay in enumerate(delays):
+                    nominal = min(0.1 * 2**attempt, 5.0)
+                    assert 0.5 * nominal - 0.01 <= delay <= 1.5 * nominal + 0.01, (attempt, delays)
+                assert len({round(d / min(0.1 * 2**i, 5.0), 2) for i, d in enumerate(delays)}) > 1, delays
             finally:
                 await app.stop(grace=0.5)
         finally:
@@ -215,7 +230,7 @@ async def test_watch_resumes_across_a_server_restart_on_the_same_data(tmp_path: 
     events: list[Any] = []
     restarted = asyncio.Event()
     try:
-        async with OrchestratorClient(f"127.0.0.1:{port}", retries=12) as client:
+        async with OrchestratorClient(f"127.0.0.1:{port}", retry_timeout=30) as client:
             submitted = await client.submit("restart me", "design")
 
             async def watcher() -> None:

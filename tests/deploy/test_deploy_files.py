@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from orchestrator.settings import Settings
 from service.app import App
+from service.server import LIVENESS
 from tests.conftest import make_settings
 from tests.observability import (
     DEPLOY,
@@ -277,6 +278,10 @@ def test_k8s_ports_probes_identity_and_selectors_match() -> None:
     assert ports == {"grpc": grpc_port, "metrics": metrics_port, "live": live_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert service[probe]["grpc"]["port"] == grpc_port, probe  # grpc.health.v1, natively
+    # Readiness follows the database (""); liveness does not: an outage must not restart every pod.
+    assert service["readinessProbe"]["grpc"].get("service", "") == ""
+    assert service["livenessProbe"]["grpc"]["service"] == LIVENESS
+    assert envoy["readinessProbe"]["httpGet"]["path"] == "/health"  # 503 while the service is NOT_SERVING
     identity = {e["name"]: e for e in service["env"]}["ORCHESTRATOR_REPLICA_ID"]
     assert identity["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert sidecar["grpc-host"] == sidecar["metrics-host"] == sidecar["live-host"] == "127.0.0.1"  # same pod

@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway.config import UPSTREAM_HEALTH_NAME
 from gateway.sidecar import EnvoySidecar
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from tests.gateway.gateway_fakes import (
@@ -39,7 +40,9 @@ async def upstream(metrics_port: int) -> AsyncIterator[Upstream]:
     server = grpc.aio.server()
     pb_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    # "" for readiness; the sidecar checks its upstream by the liveness name.
+    for name in ("", UPSTREAM_HEALTH_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

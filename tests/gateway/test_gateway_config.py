@@ -25,6 +25,7 @@ from gateway.config import (
     write_envoy_config,
 )
 from gateway.sidecar import EnvoyError, validate
+from service.server import LIVENESS
 from tests.certs import TestCA
 
 pytestmark = pytest.mark.timeout(60)
@@ -118,7 +119,8 @@ def test_grpc_cluster_speaks_http2_and_is_health_checked() -> None:
     protocol = grpc["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     assert "http2_protocol_options" in protocol["explicit_http_config"]
     (check,) = grpc["health_checks"]
-    assert "grpc_health_check" in check
+    # The service's liveness name, not "": a database outage must reach REST clients as the service's own 503.
+    assert check["grpc_health_check"] == {"service_name": LIVENESS}
     assert check["no_traffic_interval"] == "1s"
     assert grpc["common_lb_config"]["healthy_panic_threshold"] == {"value": 0}
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway.config import UPSTREAM_HEALTH_NAME
 from gateway.sidecar import EnvoySidecar
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from tests.certs import TestCA
@@ -33,7 +34,9 @@ async def tls_upstream(ca: TestCA, metrics_port: int) -> AsyncIterator[Upstream]
     servicer = FakeOrchestrator()
     pb_grpc.add_OrchestratorServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    # "" for readiness; the sidecar checks its upstream by the liveness name.
+    for name in ("", UPSTREAM_HEALTH_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     credentials = grpc.ssl_server_credentials(
         [(server_cert.key_pem, server_cert.cert_pem)], root_certificates=ca.ca.cert_pem, require_client_auth=True

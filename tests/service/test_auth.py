@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
-from orchestrator.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from orchestrator.errors import PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from service import auth, logs
 from service.app import App
 from service.errors import CODES
@@ -270,6 +270,8 @@ def test_every_reason_maps_to_its_status_code() -> None:
         assert CODES[reason] is grpc.StatusCode.PERMISSION_DENIED
     for reason in ResourceExhausted.REASONS:
         assert CODES[reason] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    for reason in Unavailable.REASONS:
+        assert CODES[reason] is grpc.StatusCode.UNAVAILABLE
 
 
 def test_token_bucket_refills_at_its_rate() -> None:

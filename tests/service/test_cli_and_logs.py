@@ -17,6 +17,10 @@ from service import logs
 from service.app import App
 from service.gen.orchestrator.v1 import orchestrator_service_pb2 as pb
 from service.gen.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from tests.clients.tcp import reserved_port
+from tests.clients.test_python_clients import OLD_RETRY_BUDGET
+from tests.conftest import make_settings
+from tests.runners import ScriptedRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,3 +85,38 @@ def test_a_bad_operator_workflow_type_fails_at_start_with_its_file(tmp_path: Pat
     assert "mine.yaml" in caught.value.message and "wizard" in caught.value.message
     (tmp_path / "mine.yaml").write_text("name: mine\ndescription: mine\nphases:\n  - {name: a, role: analyst}\n")
     assert "mine" in load_catalog(tmp_path).names()
+
+
+async def test_cli_waits_out_a_server_that_starts_late_by_its_retry_timeout(tmp_path: Path) -> None:
+    with reserved_port() as port:
+        target = f"127.0.0.1:{port}"
+        code, _, err = await cli("types", "--target", target, "--retry-timeout", "0")
+        assert code == 1 and "UNAVAILABLE" in err  # 0: no retries
+        code, _, err = await cli("types", "--target", target, "--retry-timeout", "-1")
+        assert code == 2 and "--retry-timeout" in err
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "service", "types", "--target", target),  # the default timeout: minutes
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        app: App | None = None
+        try:
+            assert process.stderr is not None
+            refused = []
+            while len(refused) <= OLD_RETRY_BUDGET:  # longer than the old clients waited
+                line = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+                assert line, f"the command exited after {refused}"
+                refused.append(line)
+            assert all(line.startswith("ListWorkflowTypes: UNAVAILABLE") for line in refused), refused
+            app = App(make_settings(tmp_path / "data", grpc_port=port), runner=ScriptedRunner())
+            await app.start()
+            out, _ = await asyncio.wait_for(process.communicate(), 45)
+            assert process.returncode == 0
+            assert "design" in {t["name"] for t in json.loads(out)["workflow_types"]}
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            if app is not None:
+                await app.stop(grace=0.5)

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.health import HealthServicer
+from service.server import LIVENESS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,7 +104,8 @@ async def test_health_list_names_every_service_and_its_status(
     caplog.set_level(logging.ERROR)
     listed = await health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(), timeout=10)
     serving = health_pb2.HealthCheckResponse.SERVING
-    assert {name: response.status for name, response in listed.statuses.items()} == {"": serving, SERVICE: serving}
+    statuses = {name: response.status for name, response in listed.statuses.items()}
+    assert statuses == {"": serving, SERVICE: serving, LIVENESS: serving}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback in the log
 
 

@@ -29,6 +29,11 @@ class OrchestratorServiceStub:
     """Runs multi-agent workflows that turn free-text requirements into code, tests, a review and docs.
 
     Every REST path exists twice: as documented (e.g. `/execute-workflow`) and under `/api/v1`.
+
+    Any method returns UNAVAILABLE, with a google.rpc.RetryInfo delay and an ErrorInfo reason, when a retry may
+    succeed: DATABASE_UNAVAILABLE (the database is out of reach or locked), DATABASE_FULL (it is out of space),
+    SERVER_SHUTTING_DOWN, or UNAVAILABLE (starting). Retry no sooner than the delay, here or on another replica; over
+    REST these are 503 with Retry-After.
     """
 
     def __init__(self, channel):
@@ -78,6 +83,11 @@ class OrchestratorServiceServicer:
     """Runs multi-agent workflows that turn free-text requirements into code, tests, a review and docs.
 
     Every REST path exists twice: as documented (e.g. `/execute-workflow`) and under `/api/v1`.
+
+    Any method returns UNAVAILABLE, with a google.rpc.RetryInfo delay and an ErrorInfo reason, when a retry may
+    succeed: DATABASE_UNAVAILABLE (the database is out of reach or locked), DATABASE_FULL (it is out of space),
+    SERVER_SHUTTING_DOWN, or UNAVAILABLE (starting). Retry no sooner than the delay, here or on another replica; over
+    REST these are 503 with Retry-After.
     """
 
     def ExecuteWorkflow(self, request, context):
@@ -100,8 +110,14 @@ class OrchestratorServiceServicer:
 
     def WatchWorkflow(self, request, context):
         """Streams the events of a workflow: first the stored ones after `after_sequence`, then live ones, with
-        heartbeats while idle. The stream ends after the terminal event (completed, failed or cancelled).
-        Over REST the stream is NDJSON, or Server-Sent Events with `Accept: text/event-stream`.
+        heartbeats while idle. The stream ends OK only after the terminal event (completed, failed or cancelled).
+        A replica that shuts down ends its streams with UNAVAILABLE, a RetryInfo delay and the ErrorInfo reason
+        SERVER_SHUTTING_DOWN (a database outage with DATABASE_UNAVAILABLE): call again, after the delay, with
+        `after_sequence` set to the last sequence received, and the stream resumes with no gap and no repeat (on
+        another replica, or on this one once it is back). A stream that ends OK without a terminal event was cut on
+        the way (by a proxy): resume it the same way.
+        Over REST the stream is NDJSON, or Server-Sent Events with `Accept: text/event-stream`; one cut by a shutdown
+        or an outage ends with a last message of type `reconnect` (SSE: `event: reconnect`) naming `after_sequence`.
         Returns NOT_FOUND for an unknown session, INVALID_ARGUMENT for a negative `after_sequence`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -133,7 +149,10 @@ class OrchestratorServiceServicer:
 
     def Health(self, request, context):
         """Reports the health of the service and of each dependency (database, engine, model provider).
-        Always returns OK; `status` says whether the service can serve.
+        Returns OK with the report whatever it says; `status` says whether the service can serve. Over REST the
+        report comes with 503 when `status` is NOT_SERVING, so HTTP probes take the replica out. grpc.health.v1
+        says the same for gRPC probes: "" and this service are NOT_SERVING while the database is out of reach or
+        refuses writes; the name "liveness" stays SERVING until a shutdown begins.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +208,11 @@ class OrchestratorService:
     """Runs multi-agent workflows that turn free-text requirements into code, tests, a review and docs.
 
     Every REST path exists twice: as documented (e.g. `/execute-workflow`) and under `/api/v1`.
+
+    Any method returns UNAVAILABLE, with a google.rpc.RetryInfo delay and an ErrorInfo reason, when a retry may
+    succeed: DATABASE_UNAVAILABLE (the database is out of reach or locked), DATABASE_FULL (it is out of space),
+    SERVER_SHUTTING_DOWN, or UNAVAILABLE (starting). Retry no sooner than the delay, here or on another replica; over
+    REST these are 503 with Retry-After.
     """
 
     @staticmethod
