@@ -328,6 +328,12 @@ class Settings(BaseSettings):
         100, ge=1, description="Queued plus running workflows of one tenant, across all replicas."
     )
     max_watch_streams_per_tenant: int = Field(20, ge=1, description="Open WatchWorkflow streams per tenant.")
+    max_health_watch_streams: int = Field(
+        100,
+        ge=1,
+        description="Open grpc.health.v1 Watch streams on this replica, all callers together: health needs no "
+        "token, so without a cap anyone could hold a stream (and its task) per connection.",
+    )
 
     # TLS on the gRPC port: ORCHESTRATOR_TLS__CERT_FILE, ..._KEY_FILE, ..._CLIENT_CA_FILE (mutual TLS), ...
     tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS and mutual TLS on the gRPC port.")

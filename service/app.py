@@ -66,7 +66,8 @@ class App:
         self.engine = engine = Engine(settings, catalog, runner, metrics)
         metrics.track_running(engine.running_count)
         metrics.track_queued(engine.queued_counts, catalog.names())
-        self._health = HealthServicer()  # the reference servicer plus List
+        # The reference servicer plus List, and a cap on Watch streams (health needs no token).
+        self._health = HealthServicer(max_watchers=settings.max_health_watch_streams)
         await set_serving(self._health, False)
         # One gatekeeper for the gRPC server and the live endpoint: one set of per-tenant limits and stream caps.
         gatekeeper = Gatekeeper(settings)

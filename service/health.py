@@ -11,6 +11,9 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
+from orchestrator.errors import ResourceExhausted
+from service import errors
+
 __all__ = ["HealthServicer"]
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -21,10 +24,30 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_h
     """The reference asyncio servicer plus List. It keeps its own copy of the statuses: the base class's is
     private."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_watchers: int = 100) -> None:
         super().__init__()
         self._statuses: dict[str, int] = {"": _SERVING}  # the base class starts the server ("") as SERVING
         self._shutting_down = False
+        self._max_watchers = max_watchers
+        self._watchers = 0
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        """The base class's Watch, at most `max_watchers` at once: health needs no token, so anyone could
+        otherwise hold one stream per connection for as long as they like."""
+        if self._watchers >= self._max_watchers:
+            refusal = ResourceExhausted(
+                f"too many open health watch streams on this replica (the limit is {self._max_watchers}); "
+                "poll Check instead, or retry later",
+                retry_after_seconds=5.0,
+                reason="TOO_MANY_WATCH_STREAMS",
+            )
+            _, status = errors.to_status(refusal, "")
+            await context.abort_with_status(status)
+        self._watchers += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self._watchers -= 1
 
     async def set(self, service: str, status: int) -> None:
         await super().set(service, status)

@@ -173,3 +173,42 @@ async def test_an_upload_that_trickles_forever_is_cut_with_a_408(tmp_path: Path)
                 texts.append(message.data)
     finally:
         await application.stop(grace=0.5)
+
+
+async def test_unauthenticated_health_watch_streams_are_capped(tmp_path: Path) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_status import rpc_status
+
+    application = App(make_settings(tmp_path / "data", max_health_watch_streams=3))
+    await application.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{application.grpc_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            open_streams = [stub.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
+            for call in open_streams:
+                assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
+            refused = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await refused.read()
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            status = rpc_status.from_call(caught.value)
+            assert status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+            # Check is never capped, and closing a stream frees its place.
+            assert (await stub.Check(health_pb2.HealthCheckRequest(service=""))).status == 1
+            open_streams.pop().cancel()
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                again = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+                try:
+                    assert (await again.read()).status == health_pb2.HealthCheckResponse.SERVING
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert asyncio.get_running_loop().time() < deadline, "the cancelled stream kept its place"
+                    await asyncio.sleep(0.05)
+            again.cancel()
+            for call in open_streams:
+                call.cancel()
+    finally:
+        await application.stop(grace=0.5)
