@@ -139,6 +139,12 @@ class LiveServer:
         ]
         if closing:
             await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=CLOSE_TIMEOUT_SECONDS)
+        # Engine.end_watches has told every REST stream to end: let each write its in-band last message (a
+        # cancelled one would cut the response mid-body, which a client reads as a broken stream), then cancel
+        # what is left.
+        running = [task for task in self._streams if not task.done() and task is not asyncio.current_task()]
+        if running:
+            await asyncio.wait(running, timeout=CLOSE_TIMEOUT_SECONDS)
         for task in list(self._streams):
             task.cancel()
         if self._runner is not None:
