@@ -1,5 +1,8 @@
 """Runs generated tests with pytest in a throwaway, isolated subprocess, never in the server process.
 
+Long because isolation has many layers (namespaces, limits, uid, cgroup, death signal, report parsing) that
+must be read together to trust them; it has one job.
+
 How it isolates (Linux, util-linux `unshare`, `mount`, `prlimit`, `setpriv`):
 
 - As root: new network, mount and PID namespaces (`unshare --net --mount --pid --fork --mount-proc`); inside, a

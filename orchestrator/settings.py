@@ -1,4 +1,7 @@
-"""The one typed settings object: built once in `main` from flags and ORCHESTRATOR_* variables, passed down."""
+"""The one typed settings object: built once in `main` from flags and ORCHESTRATOR_* variables, passed down.
+
+Long because every setting lives here, each with its validation and description (the README and the CLI's
+--help are made from them); it has one job."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The offline model: deterministic, honestly labelled scaffolds built from the requirements, no network.
 
+Long because it is one model that plays every role (analyst to documenter); each role's answer is a small
+section below, and splitting them apart would scatter one model's vocabulary over six files.
+
 It is a pydantic-ai FunctionModel, so its answers go through the same Agent, output validation and usage path
 as a real model's. It derives names and text from the requirements and writes a small Python package that
 really works, with pytest tests that really pass; its analysis, review and documentation say plainly that they
